@@ -1,0 +1,44 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "swift-lnet",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Verbs", targets: ["Verbs"]),
+        .library(name: "LNet", targets: ["LNet"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+    ],
+    targets: [
+        // Layer 1: the C shim over libibverbs and librdmacm. Only what Swift cannot call directly.
+        .target(
+            name: "CShims",
+            path: "CShims",
+            linkerSettings: [.linkedLibrary("ibverbs"), .linkedLibrary("rdmacm")]
+        ),
+        // Layer 2: owned, typed Swift handles over verbs and rdma_cm.
+        .target(
+            name: "Verbs",
+            dependencies: [
+                "CShims",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Layer 3: the LNet core. Knows nothing of verbs; LNDs plug into it.
+        .target(
+            name: "LNet",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        .testTarget(name: "VerbsTests", dependencies: ["Verbs"]),
+        .testTarget(name: "LNetTests", dependencies: ["LNet"]),
+    ],
+    swiftLanguageModes: [.v6]
+)
