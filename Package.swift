@@ -37,6 +37,8 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
+        // Benchmarks print figures; they are not timed tests.
+        .executableTarget(name: "LNetCoreBench", dependencies: ["LNet"], path: "Benchmarks/LNetCoreBench"),
         .testTarget(name: "VerbsTests", dependencies: ["Verbs"]),
         .testTarget(name: "LNetTests", dependencies: ["LNet"]),
     ],
