@@ -1,0 +1,75 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// How incoming work is placed on a CPU partition.
+public enum PlacementPolicy: Hashable, Sendable {
+    /// By the hash of the peer NID: one peer's LNet-level work stays on one partition (Lustre's default).
+    case peerHash
+    /// By the hints in the message header (object id, offset in GiB) when present, so one object's work stays on
+    /// one partition whatever peer sends it; messages without hints fall back to ``peerHash``.
+    case hints
+}
+
+/// CPU partitions (Lustre's CPTs): the CPUs split into groups, each with its own service threads and queues.
+///
+/// Placement is a pure function of the NID or the hints, using a fixed mixing function (not Swift's seeded
+/// `Hasher`), so every layer and every process places the same peer or object on the same partition.
+public struct CPUPartitionTable: Hashable, Sendable, CustomStringConvertible {
+    /// The CPUs in each partition (informational; threads are not pinned).
+    public let cpus: [[Int]]
+
+    /// The number of partitions.
+    public var count: Int { cpus.count }
+
+    /// Splits `cpuCount` CPUs (default: the online CPUs) into `count` partitions (default: one per CPU).
+    public init(count: Int? = nil, cpuCount: Int? = nil) {
+        let online = max(1, cpuCount ?? Self.onlineCPUs)
+        let partitions = max(1, count ?? online)
+        var cpus = Array(repeating: [Int](), count: partitions)
+        for cpu in 0..<online { cpus[cpu % partitions].append(cpu) }
+        self.cpus = cpus
+    }
+
+    /// The number of online CPUs.
+    public static var onlineCPUs: Int {
+        let value = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+        return value > 0 ? Int(value) : 1
+    }
+
+    /// A 64-bit finalizer (from MurmurHash3) that spreads nearby values across the whole range.
+    public static func mix(_ value: UInt64) -> UInt64 {
+        var x = value
+        x ^= x >> 33
+        x &*= 0xFF51_AFD7_ED55_8CCD
+        x ^= x >> 33
+        x &*= 0xC4CE_B9FE_1A85_EC53
+        x ^= x >> 33
+        return x
+    }
+
+    /// The partition for a peer.
+    public func partition(forPeer nid: NID) -> Int {
+        Int(Self.mix(nid.rawValue) % UInt64(count))
+    }
+
+    /// The partition for hints (`major` and `minor` are mixed so one object's extents can spread over partitions
+    /// while each extent stays on one).
+    public func partition(forHints hints: LNetHints) -> Int {
+        Int(Self.mix(Self.mix(hints.major) ^ hints.minor) % UInt64(count))
+    }
+
+    /// The partition for a message from `peer` carrying `hints`, under `policy`.
+    public func partition(peer: NID, hints: LNetHints, policy: PlacementPolicy) -> Int {
+        if policy == .hints, !hints.isNone { return partition(forHints: hints) }
+        return partition(forPeer: peer)
+    }
+
+    public var description: String {
+        cpus.enumerated().map { "cpt\($0.offset)=\($0.element)" }.joined(separator: " ")
+    }
+}

@@ -1,0 +1,167 @@
+import CoreMetrics
+import Metrics
+import Synchronization
+
+/// Message and byte counts (for one interface, one peer, or a total).
+public struct LNetCounterSet: Hashable, Sendable {
+    public var messagesSent = 0
+    public var bytesSent = 0
+    public var messagesReceived = 0
+    public var bytesReceived = 0
+    /// Incoming messages dropped (no match, too large, bad destination, shutdown).
+    public var drops = 0
+    public var droppedBytes = 0
+    /// Messages finalized with a failure status.
+    public var errors = 0
+
+    public init() {}
+
+    static func + (lhs: LNetCounterSet, rhs: LNetCounterSet) -> LNetCounterSet {
+        var sum = lhs
+        sum.messagesSent += rhs.messagesSent
+        sum.bytesSent += rhs.bytesSent
+        sum.messagesReceived += rhs.messagesReceived
+        sum.bytesReceived += rhs.bytesReceived
+        sum.drops += rhs.drops
+        sum.droppedBytes += rhs.droppedBytes
+        sum.errors += rhs.errors
+        return sum
+    }
+}
+
+/// The counters of one interface, with a per-peer breakdown.
+public struct LNetInterfaceCounters: Hashable, Sendable {
+    public var nid: NID
+    public var totals: LNetCounterSet
+    public var peers: [NID: LNetCounterSet]
+    /// Messages handed to the LND and not yet finalized.
+    public var pendingMessages: Int
+    /// Finalize calls on already-finalized messages (LND bugs; logged as errors).
+    public var doubleFinalizations: Int
+}
+
+/// A point-in-time copy of every counter of an LNet instance (what `lnetctl stats show` prints).
+public struct LNetCountersSnapshot: Hashable, Sendable, CustomStringConvertible {
+    public var interfaces: [LNetInterfaceCounters]
+
+    /// The sum over interfaces.
+    public var totals: LNetCounterSet { interfaces.reduce(LNetCounterSet()) { $0 + $1.totals } }
+
+    /// The counters of the interface with `nid`.
+    public func interface(_ nid: NID) -> LNetInterfaceCounters? { interfaces.first { $0.nid == nid } }
+
+    public var description: String {
+        func row(_ name: String, _ set: LNetCounterSet) -> String {
+            "\(name.padding(24)) sent \(set.messagesSent)/\(set.bytesSent)B recv \(set.messagesReceived)/\(set.bytesReceived)B "
+                + "drops \(set.drops)/\(set.droppedBytes)B errors \(set.errors)"
+        }
+        var lines: [String] = []
+        for ni in interfaces {
+            lines.append(row("ni \(ni.nid)", ni.totals) + " pending \(ni.pendingMessages)")
+            for (peer, set) in ni.peers.sorted(by: { $0.key < $1.key }) {
+                lines.append(row("  peer \(peer)", set))
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+extension String {
+    func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+}
+
+/// Live counters of one interface: an in-process snapshot for `lnetctl`, and swift-metrics counters
+/// (`lnet_messages_sent_total`, `lnet_bytes_sent_total`, `lnet_messages_received_total`,
+/// `lnet_bytes_received_total`, `lnet_drops_total`, `lnet_errors_total`, dimension `ni`; plus `peer` when
+/// per-peer metrics are enabled).
+final class NICounters: Sendable {
+    private struct Metrics: Sendable {
+        let messagesSent: Counter
+        let bytesSent: Counter
+        let messagesReceived: Counter
+        let bytesReceived: Counter
+        let drops: Counter
+        let errors: Counter
+
+        init(prefix: String, dimensions: [(String, String)], factory: any MetricsFactory) {
+            messagesSent = Counter(label: "\(prefix)_messages_sent_total", dimensions: dimensions, factory: factory)
+            bytesSent = Counter(label: "\(prefix)_bytes_sent_total", dimensions: dimensions, factory: factory)
+            messagesReceived = Counter(label: "\(prefix)_messages_received_total", dimensions: dimensions, factory: factory)
+            bytesReceived = Counter(label: "\(prefix)_bytes_received_total", dimensions: dimensions, factory: factory)
+            drops = Counter(label: "\(prefix)_drops_total", dimensions: dimensions, factory: factory)
+            errors = Counter(label: "\(prefix)_errors_total", dimensions: dimensions, factory: factory)
+        }
+    }
+
+    private struct State {
+        var totals = LNetCounterSet()
+        var peers: [NID: LNetCounterSet] = [:]
+        var peerMetrics: [NID: Metrics] = [:]
+        var doubleFinalizations = 0
+    }
+
+    private let state = Mutex(State())
+    private let metrics: Metrics
+    private let prefix: String
+    private let nid: NID
+    private let perPeerMetrics: Bool
+    private let factory: any MetricsFactory
+
+    init(nid: NID, prefix: String, perPeerMetrics: Bool, factory: (any MetricsFactory)?) {
+        self.nid = nid
+        self.prefix = prefix
+        self.perPeerMetrics = perPeerMetrics
+        self.factory = factory ?? MetricsSystem.factory
+        self.metrics = Metrics(prefix: prefix, dimensions: [("ni", nid.description)], factory: self.factory)
+    }
+
+    private func update(_ peer: NID, _ body: (inout LNetCounterSet) -> Void) -> Metrics? {
+        state.withLock { state in
+            body(&state.totals)
+            body(&state.peers[peer, default: LNetCounterSet()])
+            guard perPeerMetrics else { return nil }
+            if let existing = state.peerMetrics[peer] { return existing }
+            let made = Metrics(prefix: prefix, dimensions: [("ni", nid.description), ("peer", peer.description)],
+                               factory: factory)
+            state.peerMetrics[peer] = made
+            return made
+        }
+    }
+
+    func recordSent(peer: NID, bytes: Int) {
+        let peerMetrics = update(peer) { $0.messagesSent += 1; $0.bytesSent += bytes }
+        for m in [metrics] + (peerMetrics.map { [$0] } ?? []) {
+            m.messagesSent.increment()
+            m.bytesSent.increment(by: Int64(bytes))
+        }
+    }
+
+    func recordReceived(peer: NID, bytes: Int) {
+        let peerMetrics = update(peer) { $0.messagesReceived += 1; $0.bytesReceived += bytes }
+        for m in [metrics] + (peerMetrics.map { [$0] } ?? []) {
+            m.messagesReceived.increment()
+            m.bytesReceived.increment(by: Int64(bytes))
+        }
+    }
+
+    func recordDrop(peer: NID, bytes: Int) {
+        let peerMetrics = update(peer) { $0.drops += 1; $0.droppedBytes += bytes }
+        for m in [metrics] + (peerMetrics.map { [$0] } ?? []) { m.drops.increment() }
+    }
+
+    func recordError(peer: NID) {
+        let peerMetrics = update(peer) { $0.errors += 1 }
+        for m in [metrics] + (peerMetrics.map { [$0] } ?? []) { m.errors.increment() }
+    }
+
+    func recordDoubleFinalize() {
+        state.withLock { $0.doubleFinalizations += 1 }
+    }
+
+    func snapshot(pending: Int) -> LNetInterfaceCounters {
+        state.withLock { state in
+            LNetInterfaceCounters(nid: nid, totals: state.totals, peers: state.peers, pendingMessages: pending,
+                                  doubleFinalizations: state.doubleFinalizations)
+        }
+    }
+}

@@ -1,0 +1,208 @@
+/// The four LNet message types.
+public enum LNetMessageType: UInt8, Sendable, Hashable, CustomStringConvertible {
+    case put = 1
+    case get = 2
+    case ack = 3
+    case reply = 4
+
+    public var description: String {
+        switch self {
+        case .put: return "PUT"
+        case .get: return "GET"
+        case .ack: return "ACK"
+        case .reply: return "REPLY"
+        }
+    }
+}
+
+/// Placement hints carried in a header so a server can keep one object's work on one CPU partition.
+///
+/// A hint is not a CPU number: it names the work (e.g. `major` = an object id, `minor` = an offset in GiB).
+/// Both zero means "no hint".
+public struct LNetHints: Hashable, Sendable, CustomStringConvertible {
+    public var major: UInt64
+    public var minor: UInt64
+
+    public init(major: UInt64, minor: UInt64 = 0) {
+        self.major = major
+        self.minor = minor
+    }
+
+    /// No hint: placement falls back to the peer NID hash.
+    public static let none = LNetHints(major: 0, minor: 0)
+
+    public var isNone: Bool { major == 0 && minor == 0 }
+
+    public var description: String { isNone ? "none" : "\(major).\(minor)" }
+}
+
+/// The LNet message header: a fixed-size, little-endian binary record that an LND embeds in its own wire
+/// messages.
+///
+/// Wire layout (version 1, ``encodedSize`` = 96 bytes, all integers little-endian):
+///
+/// | offset | size | field                                                                      |
+/// |-------:|-----:|----------------------------------------------------------------------------|
+/// |      0 |    4 | magic `0x4C4E4554` ("LNET")                                                 |
+/// |      4 |    2 | version (1)                                                                 |
+/// |      6 |    1 | type: 1 PUT, 2 GET, 3 ACK, 4 REPLY                                          |
+/// |      7 |    1 | flags: bit 0 = ACK requested (PUT); other bits must be zero                 |
+/// |      8 |    8 | destination NID (network << 32 \| address)                                  |
+/// |     16 |    8 | source NID                                                                  |
+/// |     24 |    4 | destination pid                                                             |
+/// |     28 |    4 | source pid                                                                  |
+/// |     32 |    4 | payload length: data bytes this message carries (PUT, REPLY; 0 for GET/ACK)|
+/// |     36 |    4 | length: GET = bytes requested; ACK = bytes the PUT matched; REPLY = bytes the GET asked for; PUT = 0 |
+/// |     40 |    4 | portal index (PUT, GET)                                                     |
+/// |     44 |    4 | status (``LNetStatus`` raw value; ACK/REPLY report failure here)            |
+/// |     48 |    8 | match bits                                                                  |
+/// |     56 |    8 | remote offset (PUT, GET; ACK/REPLY echo the matched offset)                 |
+/// |     64 |    8 | header data: a 64-bit user value (PUT)                                      |
+/// |     72 |    8 | MD cookie: PUT/GET = the initiator's MD (where the ACK/REPLY goes); ACK/REPLY = that MD |
+/// |     80 |    8 | placement hint, major                                                       |
+/// |     88 |    8 | placement hint, minor                                                       |
+///
+/// Decoding checks the magic, the version, the type, the flags and the size, and throws
+/// ``CodingError`` rather than trapping.
+public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
+    public static let magic: UInt32 = 0x4C4E_4554
+    public static let currentVersion: UInt16 = 1
+    /// Bytes of an encoded header.
+    public static let encodedSize = 96
+
+    /// Why a header could not be decoded.
+    public enum CodingError: Error, Sendable, Equatable, CustomStringConvertible {
+        case tooShort(Int)
+        case badMagic(UInt32)
+        case unsupportedVersion(UInt16)
+        case unknownType(UInt8)
+        case unknownFlags(UInt8)
+        case bufferTooSmall(Int)
+
+        public var description: String {
+            switch self {
+            case .tooShort(let count): return "LNet header needs \(LNetHeader.encodedSize) bytes, got \(count)"
+            case .badMagic(let value): return "bad LNet header magic 0x\(String(value, radix: 16))"
+            case .unsupportedVersion(let version): return "unsupported LNet header version \(version)"
+            case .unknownType(let type): return "unknown LNet message type \(type)"
+            case .unknownFlags(let flags): return "unknown LNet header flags 0x\(String(flags, radix: 16))"
+            case .bufferTooSmall(let count): return "cannot encode an LNet header into \(count) bytes"
+            }
+        }
+    }
+
+    public var type: LNetMessageType
+    public var ackRequested: Bool
+    public var destination: ProcessID
+    public var source: ProcessID
+    public var payloadLength: UInt32
+    public var length: UInt32
+    public var portal: UInt32
+    public var status: LNetStatus
+    public var matchBits: UInt64
+    public var offset: UInt64
+    public var headerData: UInt64
+    public var mdCookie: UInt64
+    public var hints: LNetHints
+
+    public init(type: LNetMessageType, source: ProcessID, destination: ProcessID, payloadLength: UInt32 = 0,
+                length: UInt32 = 0, portal: UInt32 = 0, matchBits: UInt64 = 0, offset: UInt64 = 0,
+                headerData: UInt64 = 0, mdCookie: UInt64 = 0, status: LNetStatus = .ok, ackRequested: Bool = false,
+                hints: LNetHints = .none) {
+        self.type = type
+        self.ackRequested = ackRequested
+        self.destination = destination
+        self.source = source
+        self.payloadLength = payloadLength
+        self.length = length
+        self.portal = portal
+        self.status = status
+        self.matchBits = matchBits
+        self.offset = offset
+        self.headerData = headerData
+        self.mdCookie = mdCookie
+        self.hints = hints
+    }
+
+    /// Encodes into the first ``encodedSize`` bytes of `buffer`.
+    public func encode(into buffer: UnsafeMutableRawBufferPointer) throws(CodingError) {
+        guard buffer.count >= Self.encodedSize, let base = buffer.baseAddress else {
+            throw CodingError.bufferTooSmall(buffer.count)
+        }
+        func put<T: FixedWidthInteger>(_ value: T, _ at: Int) {
+            (base + at).storeBytes(of: value.littleEndian, as: T.self)
+        }
+        put(Self.magic, 0)
+        put(Self.currentVersion, 4)
+        put(type.rawValue, 6)
+        put(UInt8(ackRequested ? 1 : 0), 7)
+        put(destination.nid.rawValue, 8)
+        put(source.nid.rawValue, 16)
+        put(destination.pid, 24)
+        put(source.pid, 28)
+        put(payloadLength, 32)
+        put(length, 36)
+        put(portal, 40)
+        put(status.rawValue, 44)
+        put(matchBits, 48)
+        put(offset, 56)
+        put(headerData, 64)
+        put(mdCookie, 72)
+        put(hints.major, 80)
+        put(hints.minor, 88)
+    }
+
+    /// The encoded bytes.
+    public func encoded() -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: Self.encodedSize)
+        bytes.withUnsafeMutableBytes { try? encode(into: $0) }
+        return bytes
+    }
+
+    /// Decodes a header from the first ``encodedSize`` bytes of `bytes`.
+    public init(decoding bytes: UnsafeRawBufferPointer) throws(CodingError) {
+        guard bytes.count >= Self.encodedSize, let base = bytes.baseAddress else {
+            throw CodingError.tooShort(bytes.count)
+        }
+        func get<T: FixedWidthInteger>(_ at: Int, as: T.Type) -> T {
+            T(littleEndian: base.loadUnaligned(fromByteOffset: at, as: T.self))
+        }
+        let magic = get(0, as: UInt32.self)
+        guard magic == Self.magic else { throw CodingError.badMagic(magic) }
+        let version = get(4, as: UInt16.self)
+        guard version == Self.currentVersion else { throw CodingError.unsupportedVersion(version) }
+        let rawType = get(6, as: UInt8.self)
+        guard let type = LNetMessageType(rawValue: rawType) else { throw CodingError.unknownType(rawType) }
+        let flags = get(7, as: UInt8.self)
+        guard flags & ~1 == 0 else { throw CodingError.unknownFlags(flags) }
+        self.init(
+            type: type,
+            source: ProcessID(nid: NID(rawValue: get(16, as: UInt64.self)), pid: get(28, as: UInt32.self)),
+            destination: ProcessID(nid: NID(rawValue: get(8, as: UInt64.self)), pid: get(24, as: UInt32.self)),
+            payloadLength: get(32, as: UInt32.self),
+            length: get(36, as: UInt32.self),
+            portal: get(40, as: UInt32.self),
+            matchBits: get(48, as: UInt64.self),
+            offset: get(56, as: UInt64.self),
+            headerData: get(64, as: UInt64.self),
+            mdCookie: get(72, as: UInt64.self),
+            status: LNetStatus(wire: get(44, as: UInt32.self)),
+            ackRequested: flags & 1 != 0,
+            hints: LNetHints(major: get(80, as: UInt64.self), minor: get(88, as: UInt64.self)))
+    }
+
+    /// Decodes a header from a byte array or slice.
+    public init(decoding bytes: some Collection<UInt8>) throws(CodingError) {
+        let array = Array(bytes)
+        var result: Result<LNetHeader, CodingError> = .failure(.tooShort(array.count))
+        array.withUnsafeBytes { raw in
+            do throws(CodingError) { result = .success(try LNetHeader(decoding: raw)) } catch { result = .failure(error) }
+        }
+        self = try result.get()
+    }
+
+    public var description: String {
+        "\(type) \(source) -> \(destination) portal \(portal) bits 0x\(String(matchBits, radix: 16)) "
+            + "payload \(payloadLength) len \(length) off \(offset) status \(status)"
+    }
+}

@@ -1,0 +1,129 @@
+import Logging
+import Synchronization
+
+/// A network interface (Lustre's `lnet_ni`): one LND instance on one network, with its NID.
+///
+/// This is the LND's handle on the core: it calls ``parse(header:from:context:wantsRDMA:)`` for every incoming
+/// message, ``finalize(_:status:)`` exactly once for every message handed to it, and ``createReply(for:)`` /
+/// ``setReplyLength(_:_:)`` when it completes a GET's REPLY by RDMA itself.
+public final class LNetNI: Sendable, CustomStringConvertible {
+    /// The interface's NID.
+    public let nid: NID
+    /// The configuration it was brought up with (interface name, address).
+    public let configuration: NetworkInterfaceConfiguration
+    /// The driver.
+    public let lnd: any LNetLND
+    /// A logger with the NID in its metadata, for the LND to use.
+    public let logger: Logger
+    /// The CPU partitions of the instance, for placing connections and incoming work.
+    public let partitions: CPUPartitionTable
+    /// How incoming work is placed on partitions.
+    public let placement: PlacementPolicy
+
+    let lnet: LNet
+    let counters: NICounters
+    private let pending = Mutex<[UInt64: LNetMessage]>([:])
+    private let stopping = Atomic<Bool>(false)
+
+    init(lnet: LNet, nid: NID, configuration: NetworkInterfaceConfiguration, lnd: any LNetLND, logger: Logger) {
+        self.lnet = lnet
+        self.nid = nid
+        self.configuration = configuration
+        self.lnd = lnd
+        var logger = logger
+        logger[metadataKey: "lnet.ni"] = "\(nid)"
+        self.logger = logger
+        self.partitions = lnet.configuration.partitions
+        self.placement = lnet.configuration.placement
+        self.counters = NICounters(nid: nid, prefix: lnet.configuration.metricsPrefix,
+                                   perPeerMetrics: lnet.configuration.perPeerMetrics,
+                                   factory: lnet.configuration.metricsFactory)
+    }
+
+    /// The network.
+    public var network: LNetNetwork { nid.network }
+
+    /// This interface's process id (NID + the instance's pid).
+    public var processID: ProcessID { ProcessID(nid: nid, pid: lnet.pid) }
+
+    /// Whether the interface is shutting down.
+    public var isStopping: Bool { stopping.load(ordering: .acquiring) }
+
+    /// Messages handed to the LND and not yet finalized.
+    public var pendingMessageCount: Int { pending.withLock { $0.count } }
+
+    public var description: String { "ni(\(nid))" }
+
+    // MARK: - Calls an LND makes
+
+    /// Hands an incoming message's header to the core (`lnet_parse`).
+    ///
+    /// The core matches PUT/GET against the portal's match entries and ACK/REPLY against the initiator's MD by
+    /// cookie, then, before returning or later (lazy portals), calls exactly one of:
+    /// ``LNetLND/receive(ni:message:window:context:)`` (PUT, ACK, REPLY matched), ``LNetLND/send(ni:message:)`` with
+    /// a REPLY carrying `context` (GET, matched or not), or ``LNetLND/drop(ni:header:status:context:)``.
+    ///
+    /// - Parameters:
+    ///   - header: the decoded LNet header.
+    ///   - from: the NID of the peer the LND received it from.
+    ///   - context: the LND's private receive context, handed back in `receive`/`drop` and, for a GET, in the
+    ///     REPLY's ``LNetMessage/privateContext``.
+    ///   - wantsRDMA: the LND moves the data itself by RDMA (recorded in ``LNetMessage/lndWantsRDMA``).
+    @discardableResult
+    public func parse(header: LNetHeader, from: NID, context: (any Sendable)?, wantsRDMA: Bool) -> LNetParseOutcome {
+        lnet.parse(ni: self, header: header, from: from, context: context, wantsRDMA: wantsRDMA)
+    }
+
+    /// Completes a message handed to this LND (`lnet_finalize`). Call exactly once per message; a second call is
+    /// logged as an error and counted, and has no other effect.
+    public func finalize(_ message: LNetMessage, status: LNetStatus) {
+        lnet.finalize(message, status: status)
+    }
+
+    /// Requester side of a GET served by RDMA (`lnet_create_reply_msg`): creates the incoming REPLY for an
+    /// outgoing GET this LND was given, attached to the GET's MD, so the LND can report the data that landed in
+    /// ``LNetMessage/sink``. Set the length with ``setReplyLength(_:_:)`` and finalize the REPLY (with an error if
+    /// the target reported one, e.g. ``LNetStatus/noMatch``) as well as the GET.
+    /// Returns `nil` (and logs) if the GET's MD is gone or exhausted.
+    public func createReply(for get: LNetMessage) -> LNetMessage? {
+        lnet.createReply(for: get, on: self)
+    }
+
+    /// Sets how many bytes landed for a REPLY made by ``createReply(for:)`` (`lnet_set_reply_msg_len`); clamped
+    /// to the sink MD's length.
+    public func setReplyLength(_ reply: LNetMessage, _ length: Int) {
+        let clamped = min(max(0, length), reply.payload.length)
+        reply.setLengths(requested: max(0, length), matched: clamped)
+    }
+
+    /// The partition for an incoming message under the instance's placement policy.
+    public func partition(for header: LNetHeader) -> Int {
+        partitions.partition(peer: header.source.nid, hints: header.hints, policy: placement)
+    }
+
+    // MARK: - Core side
+
+    func track(_ message: LNetMessage) {
+        pending.withLock { $0[message.id] = message }
+    }
+
+    func untrack(_ message: LNetMessage) {
+        _ = pending.withLock { $0.removeValue(forKey: message.id) }
+    }
+
+    func beginStopping() {
+        stopping.store(true, ordering: .releasing)
+    }
+
+    func takeAllPending() -> [LNetMessage] {
+        pending.withLock { table in
+            let all = Array(table.values)
+            table.removeAll()
+            return all
+        }
+    }
+
+    func countersSnapshot() -> LNetInterfaceCounters {
+        counters.snapshot(pending: pendingMessageCount)
+    }
+}

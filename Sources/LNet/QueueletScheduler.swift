@@ -1,0 +1,326 @@
+import DequeModule
+import Dispatch
+import Logging
+import Synchronization
+
+/// Moves work from producers (LND or event-delivery threads) to per-partition service threads in queuelets.
+///
+/// - Producers (``QueueletProducer``) fill one queuelet per partition privately and hand a queuelet to its partition
+///   whole when it is full, when it is older than ``QueueletConfiguration/maxBatchDelay`` (a background ticker
+///   enforces the bound for idle producers), or on ``QueueletProducer/flush()``.
+/// - Each partition keeps a staging list of handed-over queuelets; its service threads take one whole queuelet per
+///   lock acquisition.
+/// - With ``QueueletConfiguration/orderedPerPeer`` and two or more threads per partition, a service thread splits a
+///   queuelet into per-peer runs. A peer is owned by at most one thread at a time, so one peer's items are handled
+///   in order; other peers' runs are offered to the partition's other threads, so a slow handler for one peer does
+///   not stall the rest. With one thread per partition, queuelets are handled whole, in hand-off order (which keeps
+///   per-peer order, but a slow handler holds up its partition).
+///
+/// The handler runs on a service thread with no scheduler lock held; it may submit more work.
+public final class QueueletScheduler<Item: Sendable>: Sendable {
+    /// A run of one peer's items, handled by one thread.
+    private struct Run {
+        var key: UInt64
+        var items: [Item]
+    }
+
+    private struct LocalState {
+        var ready: Deque<Run> = []
+        /// Peers owned by some thread; the value holds items that arrived for the peer meanwhile.
+        var owned: [UInt64: [Item]] = [:]
+    }
+
+    private final class Partition: Sendable {
+        let index: Int
+        let staging = Mutex(Deque<[Item]>())
+        let local = Mutex(LocalState())
+        let wakeup = DispatchSemaphore(value: 0)
+        let handled = Atomic<Int>(0)
+        init(index: Int) { self.index = index }
+    }
+
+    private final class WeakProducer: @unchecked Sendable {
+        weak var producer: QueueletProducer<Item>?
+        init(_ producer: QueueletProducer<Item>) { self.producer = producer }
+    }
+
+    public let configuration: QueueletConfiguration
+    let placement: @Sendable (Item) -> Int
+    private let orderingKey: @Sendable (Item) -> UInt64
+    private let handler: @Sendable (Item, Int) -> Void
+    private let partitions: [Partition]
+    private let producers = Mutex<[WeakProducer]>([])
+    private let threads = Mutex<[ServiceThread]>([])
+    private let stopping = Atomic<Bool>(false)
+    private let tickWakeup = DispatchSemaphore(value: 0)
+    private let stopped = Atomic<Bool>(false)
+    private let submitted = Atomic<Int>(0)
+    private let handoffs = Atomic<Int>(0)
+    private let partialHandoffs = Atomic<Int>(0)
+    private let discarded = Atomic<Int>(0)
+    private let defaultProducer = Mutex<QueueletProducer<Item>?>(nil)
+    private let logger: Logger
+
+    /// Starts the service threads (and the ticker that bounds how long a partial queuelet waits).
+    ///
+    /// - Parameters:
+    ///   - placement: the partition for an item (reduced modulo the partition count).
+    ///   - orderingKey: the peer an item belongs to; items with one key are handled in submission order.
+    ///   - handler: handles one item on a service thread of the given partition.
+    public init(configuration: QueueletConfiguration, name: String = "queuelet", logger: Logger? = nil,
+                placement: @escaping @Sendable (Item) -> Int, orderingKey: @escaping @Sendable (Item) -> UInt64,
+                handler: @escaping @Sendable (Item, _ partition: Int) -> Void) throws(LNetError) {
+        self.configuration = configuration
+        self.placement = placement
+        self.orderingKey = orderingKey
+        self.handler = handler
+        self.logger = logger ?? Logger(label: "lnet.queuelet", factory: { _ in SwiftLogNoOpLogHandler() })
+        self.partitions = (0..<configuration.partitions.count).map { Partition(index: $0) }
+        var started: [ServiceThread] = []
+        do {
+            for partition in partitions {
+                for thread in 0..<configuration.threadsPerPartition {
+                    started.append(try ServiceThread(name: "\(name.prefix(8))\(partition.index).\(thread)") { [self] in
+                        serviceLoop(partition)
+                    })
+                }
+            }
+            if configuration.batchSize > 1 {
+                started.append(try ServiceThread(name: "\(name.prefix(8))-tick") { [self] in tickLoop() })
+            }
+        } catch {
+            stopping.store(true, ordering: .releasing)
+            tickWakeup.signal()
+            for partition in partitions {
+                for _ in 0..<configuration.threadsPerPartition { partition.wakeup.signal() }
+            }
+            for thread in started { thread.join() }
+            throw error
+        }
+        threads.withLock { $0 = started }
+    }
+
+    /// A producer: one per producing thread or event queue, so producers never share a partial queuelet.
+    public func makeProducer() -> QueueletProducer<Item> {
+        let producer = QueueletProducer(scheduler: self)
+        producers.withLock { list in
+            list.removeAll { $0.producer == nil }
+            list.append(WeakProducer(producer))
+        }
+        return producer
+    }
+
+    /// Submits through a shared producer (convenient; threads that submit a lot should own a producer).
+    public func submit(_ item: Item) {
+        let producer = defaultProducer.withLock { shared -> QueueletProducer<Item> in
+            if let shared { return shared }
+            let made = makeProducer()
+            shared = made
+            return made
+        }
+        producer.submit(item)
+    }
+
+    /// Hands every producer's partial queuelets to the partitions now.
+    public func flush() {
+        for producer in liveProducers() { producer.flush() }
+    }
+
+    /// Current counters.
+    public var statistics: QueueletStatistics {
+        QueueletStatistics(
+            submitted: submitted.load(ordering: .relaxed),
+            handled: partitions.reduce(0) { $0 + $1.handled.load(ordering: .relaxed) },
+            handoffs: handoffs.load(ordering: .relaxed),
+            partialHandoffs: partialHandoffs.load(ordering: .relaxed),
+            handledPerPartition: partitions.map { $0.handled.load(ordering: .relaxed) },
+            discarded: discarded.load(ordering: .relaxed))
+    }
+
+    /// Hands over all partial queuelets, lets the service threads finish every item, and stops them.
+    /// Items submitted afterwards are discarded (and counted). Must not be called from a handler.
+    public func shutdown() {
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        flush()
+        stopping.store(true, ordering: .releasing)
+        tickWakeup.signal()
+        for partition in partitions {
+            for _ in 0..<configuration.threadsPerPartition { partition.wakeup.signal() }
+        }
+        let all = threads.withLock { list -> [ServiceThread] in
+            let all = list
+            list.removeAll()
+            return all
+        }
+        for thread in all { thread.join() }
+    }
+
+    private func liveProducers() -> [QueueletProducer<Item>] {
+        producers.withLock { list in list.compactMap { $0.producer } }
+    }
+
+    // MARK: - Producer side
+
+    func partitionIndex(for item: Item) -> Int {
+        let value = placement(item) % partitions.count
+        return value < 0 ? value + partitions.count : value
+    }
+
+    var isAcceptingWork: Bool { !stopped.load(ordering: .acquiring) }
+
+    func noteSubmitted() { submitted.add(1, ordering: .relaxed) }
+
+    func noteDiscarded() { discarded.add(1, ordering: .relaxed) }
+
+    /// Appends a queuelet to a partition's staging list. Called with the producer's lock held so one producer's
+    /// queuelets reach a partition in the order they were filled.
+    func handOff(_ items: [Item], to partition: Int, partial: Bool) {
+        partitions[partition].staging.withLock { $0.append(items) }
+        handoffs.add(1, ordering: .relaxed)
+        if partial { partialHandoffs.add(1, ordering: .relaxed) }
+    }
+
+    func wake(_ partition: Int) {
+        partitions[partition].wakeup.signal()
+    }
+
+    // MARK: - Service side
+
+    private func serviceLoop(_ partition: Partition) {
+        while true {
+            if let run = partition.local.withLock({ $0.ready.popFirst() }) {
+                process(run, partition)
+                continue
+            }
+            // With one thread per partition, handling queuelets in hand-off order already keeps each peer in
+            // order; per-peer runs are only needed to let a partition's threads work on different peers at once.
+            if configuration.orderedPerPeer && configuration.threadsPerPartition > 1 {
+                if claimNextQueuelet(partition) { continue }
+            } else if let batch = partition.staging.withLock({ $0.popFirst() }) {
+                for item in batch { handler(item, partition.index) }
+                partition.handled.add(batch.count, ordering: .relaxed)
+                continue
+            }
+            if stopping.load(ordering: .acquiring) {
+                let idle = partition.staging.withLock { $0.isEmpty } && partition.local.withLock { $0.ready.isEmpty }
+                if idle { return }
+            }
+            _ = partition.wakeup.wait(timeout: .now() + .milliseconds(50))
+        }
+    }
+
+    /// Takes the next queuelet and splits it into per-peer runs, claiming idle peers and parking items of busy
+    /// ones. Taking the queuelet and claiming its peers happen under the partition-local lock, so two threads that
+    /// take consecutive queuelets cannot claim one peer's items out of order. Returns `false` if there was none.
+    private func claimNextQueuelet(_ partition: Partition) -> Bool {
+        let claimed = partition.local.withLock { state -> (found: Bool, mine: Run?, offered: Int) in
+            guard let batch = partition.staging.withLock({ $0.popFirst() }) else { return (false, nil, 0) }
+            var runs: [Run] = []
+            var runIndex: [UInt64: Int] = [:]
+            for item in batch {
+                let key = orderingKey(item)
+                if let index = runIndex[key] {
+                    runs[index].items.append(item)
+                } else if state.owned[key] != nil {
+                    state.owned[key]?.append(item)
+                } else {
+                    state.owned[key] = []
+                    runIndex[key] = runs.count
+                    runs.append(Run(key: key, items: [item]))
+                }
+            }
+            guard let first = runs.first else { return (true, nil, 0) }
+            state.ready.append(contentsOf: runs.dropFirst())
+            return (true, first, runs.count - 1)
+        }
+        for _ in 0..<min(claimed.offered, configuration.threadsPerPartition - 1) { partition.wakeup.signal() }
+        if let run = claimed.mine { process(run, partition) }
+        return claimed.found
+    }
+
+    private func process(_ run: Run, _ partition: Partition) {
+        for item in run.items { handler(item, partition.index) }
+        partition.handled.add(run.items.count, ordering: .relaxed)
+        // Release the peer, or queue its next run at the back (fair to other peers; ownership is kept).
+        partition.local.withLock { state in
+            guard let pending = state.owned[run.key], !pending.isEmpty else {
+                state.owned[run.key] = nil
+                return
+            }
+            state.owned[run.key] = []
+            state.ready.append(Run(key: run.key, items: pending))
+        }
+    }
+
+    private func tickLoop() {
+        let delay = configuration.maxBatchDelay
+        let tick = max(delay / 2, .microseconds(50))
+        let components = tick.components
+        let nanoseconds = Int(components.seconds) * 1_000_000_000 + Int(components.attoseconds / 1_000_000_000)
+        while !stopping.load(ordering: .acquiring) {
+            // Shutdown signals the semaphore, so a long tick never delays it.
+            _ = tickWakeup.wait(timeout: .now() + .nanoseconds(nanoseconds))
+            let cutoff = ContinuousClock.now - delay
+            for producer in liveProducers() { producer.flush(startedBefore: cutoff) }
+        }
+    }
+}
+
+/// Fills queuelets for a ``QueueletScheduler`` and hands them over whole.
+///
+/// Its lock is private to the producer (uncontended except against the scheduler's deadline ticker), so the
+/// only cross-partition lock a producer takes is the partition staging lock, once per queuelet.
+public final class QueueletProducer<Item: Sendable>: Sendable {
+    private let scheduler: QueueletScheduler<Item>
+    private let pending: Mutex<[Queuelet<Item>]>
+
+    init(scheduler: QueueletScheduler<Item>) {
+        self.scheduler = scheduler
+        let count = scheduler.configuration.partitions.count
+        let capacity = scheduler.configuration.batchSize
+        self.pending = Mutex((0..<count).map { Queuelet(partition: $0, capacity: capacity) })
+    }
+
+    /// Adds an item to its partition's queuelet, handing the queuelet over when it is full.
+    public func submit(_ item: Item) {
+        guard scheduler.isAcceptingWork else {
+            scheduler.noteDiscarded()
+            return
+        }
+        scheduler.noteSubmitted()
+        let partition = scheduler.partitionIndex(for: item)
+        let batchSize = scheduler.configuration.batchSize
+        let handedOff = pending.withLock { queuelets -> Bool in
+            if queuelets[partition].items.isEmpty { queuelets[partition].startedAt = .now }
+            queuelets[partition].items.append(item)
+            guard queuelets[partition].items.count >= batchSize else { return false }
+            let full = queuelets[partition].items
+            queuelets[partition].items = []
+            queuelets[partition].items.reserveCapacity(batchSize)
+            scheduler.handOff(full, to: partition, partial: false)
+            return true
+        }
+        if handedOff { scheduler.wake(partition) }
+    }
+
+    /// Hands over every partial queuelet now.
+    public func flush() {
+        flush(startedBefore: nil)
+    }
+
+    /// Hands over partial queuelets whose first item arrived before `cutoff` (all of them when `nil`).
+    func flush(startedBefore cutoff: ContinuousClock.Instant?) {
+        let woken = pending.withLock { queuelets -> [Int] in
+            var woken: [Int] = []
+            for index in queuelets.indices where !queuelets[index].items.isEmpty {
+                if let cutoff, queuelets[index].startedAt >= cutoff { continue }
+                let items = queuelets[index].items
+                queuelets[index].items = []
+                scheduler.handOff(items, to: index, partial: true)
+                woken.append(index)
+            }
+            return woken
+        }
+        for index in woken { scheduler.wake(index) }
+    }
+}

@@ -1,0 +1,72 @@
+import Testing
+
+@testable import LNet
+
+@Suite struct LNetHeaderTests {
+    private func sample() throws -> LNetHeader {
+        LNetHeader(type: .put, source: try ProcessID(parsing: "7-192.0.2.1@o2ib"),
+                   destination: try ProcessID(parsing: "9-192.0.2.2@o2ib"), payloadLength: 4096, length: 17,
+                   portal: 23, matchBits: 0xDEAD_BEEF_0000_0001, offset: 1 << 33, headerData: 0x1122_3344_5566_7788,
+                   mdCookie: 42, status: .noMatch, ackRequested: true, hints: LNetHints(major: 1001, minor: 3))
+    }
+
+    @Test func roundTrips() throws {
+        let header = try sample()
+        let bytes = header.encoded()
+        #expect(bytes.count == LNetHeader.encodedSize)
+        #expect(try LNetHeader(decoding: bytes) == header)
+    }
+
+    @Test func layoutIsLittleEndianAtDocumentedOffsets() throws {
+        let bytes = try sample().encoded()
+        func u32(_ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(bytes[at + $1]) << (8 * $1) } }
+        func u64(_ at: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(bytes[at + $1]) << (8 * $1) } }
+        #expect(u32(0) == LNetHeader.magic)
+        #expect(bytes[4] == 1 && bytes[5] == 0)
+        #expect(bytes[6] == LNetMessageType.put.rawValue)
+        #expect(bytes[7] == 1)
+        #expect(u64(8) == (try NID(parsing: "192.0.2.2@o2ib")).rawValue)
+        #expect(u64(16) == (try NID(parsing: "192.0.2.1@o2ib")).rawValue)
+        #expect(u32(24) == 9 && u32(28) == 7)
+        #expect(u32(32) == 4096 && u32(36) == 17 && u32(40) == 23 && u32(44) == LNetStatus.noMatch.rawValue)
+        #expect(u64(48) == 0xDEAD_BEEF_0000_0001 && u64(56) == 1 << 33 && u64(64) == 0x1122_3344_5566_7788)
+        #expect(u64(72) == 42 && u64(80) == 1001 && u64(88) == 3)
+    }
+
+    @Test func rejectsBadInput() throws {
+        var bytes = try sample().encoded()
+        #expect(throws: LNetHeader.CodingError.tooShort(95)) { try LNetHeader(decoding: bytes.prefix(95)) }
+        #expect(throws: LNetHeader.CodingError.tooShort(0)) { try LNetHeader(decoding: [UInt8]()) }
+        var bad = bytes
+        bad[0] ^= 0xFF
+        #expect(throws: LNetHeader.CodingError.self) { try LNetHeader(decoding: bad) }
+        bad = bytes
+        bad[4] = 2
+        #expect(throws: LNetHeader.CodingError.unsupportedVersion(2)) { try LNetHeader(decoding: bad) }
+        bad = bytes
+        bad[6] = 9
+        #expect(throws: LNetHeader.CodingError.unknownType(9)) { try LNetHeader(decoding: bad) }
+        bad = bytes
+        bad[7] = 0x80
+        #expect(throws: LNetHeader.CodingError.unknownFlags(0x80)) { try LNetHeader(decoding: bad) }
+        bytes[44] = 200
+        #expect(try LNetHeader(decoding: bytes).status == .failed)
+        let header = try sample()
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: 10, alignment: 1)
+        defer { raw.deallocate() }
+        #expect(throws: LNetHeader.CodingError.bufferTooSmall(10)) { try header.encode(into: raw) }
+    }
+
+    @Test func randomBytesNeverCrash() {
+        var generator = SystemRandomNumberGenerator()
+        var decoded = 0
+        for _ in 0..<2000 {
+            var bytes = (0..<Int.random(in: 0...120, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            if bytes.count >= 8, Bool.random(using: &generator) {
+                bytes.replaceSubrange(0..<8, with: [0x54, 0x45, 0x4E, 0x4C, 1, 0, UInt8.random(in: 0...5), 0])
+            }
+            if (try? LNetHeader(decoding: bytes)) != nil { decoded += 1 }
+        }
+        #expect(decoded >= 0)
+    }
+}
