@@ -118,8 +118,11 @@ import Verbs
             try server.queuePair.post(ReceiveWorkRequest(id: 11, scatterGather: []))
         }
         try pair.client.id.disconnect()
-        _ = try expectEvent(.disconnected, on: pair.client.channel)
+        // The passive side answers the disconnect request with its own disconnect (the DREP); then the
+        // active side sees its disconnect complete.
         _ = try expectEvent(.disconnected, on: pair.server.channel)
+        try pair.server.id.disconnect()
+        _ = try expectEvent(.disconnected, on: pair.client.channel)
         let flushed = try #require(waitForCompletions(pair.server.receiveQueue).first)
         #expect(flushed.id == 11)
         #expect(flushed.status == .flushed)
