@@ -7,11 +7,13 @@ let package = Package(
     products: [
         .library(name: "Verbs", targets: ["Verbs"]),
         .library(name: "LNet", targets: ["LNet"]),
+        .library(name: "RDMALND", targets: ["RDMALND"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
     ],
     targets: [
         // Layer 1: the C shim over libibverbs and librdmacm. Only what Swift cannot call directly.
@@ -37,10 +39,23 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
+        // Layer 4: the RDMA LND, an LND of the core carried over verbs RC queue pairs.
+        .target(
+            name: "RDMALND",
+            dependencies: [
+                "Verbs",
+                "LNet",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Configuration", package: "swift-configuration"),
+            ]
+        ),
         // Benchmarks print figures; they are not timed tests.
         .executableTarget(name: "LNetCoreBench", dependencies: ["LNet"], path: "Benchmarks/LNetCoreBench"),
         .testTarget(name: "VerbsTests", dependencies: ["Verbs"]),
         .testTarget(name: "LNetTests", dependencies: ["LNet"]),
+        .testTarget(name: "RDMALNDTests", dependencies: ["RDMALND", "Verbs", "LNet"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,79 @@
+/// Little-endian writing into, and bounds-checked reading from, raw message buffers.
+///
+/// The reader never traps on short or hostile input: every read checks the remaining length and throws.
+struct ByteWriter {
+    let buffer: UnsafeMutableRawBufferPointer
+    private(set) var offset = 0
+
+    init(_ buffer: UnsafeMutableRawBufferPointer) { self.buffer = buffer }
+
+    var remaining: Int { buffer.count - offset }
+
+    mutating func write<T: FixedWidthInteger>(_ value: T) {
+        precondition(remaining >= MemoryLayout<T>.size, "message encoding overran its buffer")
+        buffer.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
+        offset += MemoryLayout<T>.size
+    }
+
+    mutating func write(bytes: UnsafeRawBufferPointer) {
+        precondition(remaining >= bytes.count, "message encoding overran its buffer")
+        if let base = bytes.baseAddress, bytes.count > 0 {
+            (buffer.baseAddress! + offset).copyMemory(from: base, byteCount: bytes.count)
+        }
+        offset += bytes.count
+    }
+
+    mutating func skip(_ count: Int) {
+        precondition(remaining >= count, "message encoding overran its buffer")
+        offset += count
+    }
+}
+
+struct ByteReader {
+    let buffer: UnsafeRawBufferPointer
+    private(set) var offset = 0
+
+    init(_ buffer: UnsafeRawBufferPointer) { self.buffer = buffer }
+
+    var remaining: Int { buffer.count - offset }
+
+    /// Runs `body` with a reader over `bytes`, keeping the typed error.
+    static func withReader<T>(_ bytes: [UInt8], _ body: (inout ByteReader) throws(WireError) -> T) throws(WireError) -> T {
+        let result: Result<T, WireError> = bytes.withUnsafeBytes { raw in
+            var reader = ByteReader(raw)
+            do throws(WireError) { return .success(try body(&reader)) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    mutating func read<T: FixedWidthInteger>(_: T.Type = T.self) throws(WireError) -> T {
+        guard remaining >= MemoryLayout<T>.size else { throw WireError.truncated(needed: offset + MemoryLayout<T>.size, have: buffer.count) }
+        let value = buffer.loadUnaligned(fromByteOffset: offset, as: T.self)
+        offset += MemoryLayout<T>.size
+        return T(littleEndian: value)
+    }
+
+    mutating func bytes(_ count: Int) throws(WireError) -> UnsafeRawBufferPointer {
+        guard count >= 0, remaining >= count else { throw WireError.truncated(needed: offset + max(count, 0), have: buffer.count) }
+        let slice = UnsafeRawBufferPointer(rebasing: buffer[offset..<offset + count])
+        offset += count
+        return slice
+    }
+}
+
+/// CRC-32C (Castagnoli), the checksum of `LND_CHECKSUM=1`.
+enum CRC32C {
+    private static let table: [UInt32] = (0..<256).map { index in
+        var crc = UInt32(index)
+        for _ in 0..<8 { crc = crc & 1 != 0 ? (crc >> 1) ^ 0x82F6_3B78 : crc >> 1 }
+        return crc
+    }
+
+    static func checksum(_ bytes: UnsafeRawBufferPointer, seed: UInt32 = 0) -> UInt32 {
+        var crc = ~seed
+        table.withUnsafeBufferPointer { table in
+            for byte in bytes { crc = table[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
+        }
+        return ~crc
+    }
+}

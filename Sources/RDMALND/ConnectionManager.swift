@@ -1,0 +1,289 @@
+import DequeModule
+import Foundation
+import LNet
+import Logging
+import Synchronization
+import Verbs
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The rdma_cm side of the LND, on one thread: it listens on the interface's address, makes connections the
+/// send path asks for, accepts or rejects incoming ones, and turns disconnects into closed connections.
+///
+/// Handshake rules:
+/// - The passive side rejects a request whose version, destination NID or limits it cannot take, saying why
+///   and what it would accept; the active side retries with those limits when the reason allows.
+/// - Connection race (both sides connecting at once): the side with the higher NID keeps its own connection
+///   and rejects the other's request; the lower side accepts, moves its queued messages over, and drops its
+///   own attempt. Exactly one connection survives.
+/// - A request from a newer incarnation of a peer replaces the old connection (whose messages fail); one from
+///   an older incarnation is rejected as stale.
+final class ConnectionManager: @unchecked Sendable {
+    private let channel: CMEventChannel
+    private let listener: CMID
+    private let wakePipe: WakePipe
+    private let running = Atomic<Bool>(true)
+    private let finished = Mutex<Bool>(false)
+    private let requests = Mutex<Deque<Connection>>([])
+    /// Only the CM thread touches this map.
+    private var byID: [ObjectIdentifier: (CMID, Connection, ConnectionLimits)] = [:]
+    private var retries: [(at: ContinuousClock.Instant, connection: Connection, limits: ConnectionLimits)] = []
+    private var thread: Thread?
+    private unowned(unsafe) let runtime: LNDRuntime
+
+    /// Binds and listens on `endpoint`; the listener's device is the LND's device.
+    init(channel: CMEventChannel, listener: CMID, runtime: LNDRuntime) throws(VerbsError) {
+        self.channel = channel
+        self.listener = listener
+        self.runtime = runtime
+        self.wakePipe = try WakePipe()
+    }
+
+    private var context: LNDContext { runtime.context }
+    private var logger: Logger { runtime.context.logger }
+
+    func start(name: String) {
+        let thread = Thread { [self] in run() }
+        thread.name = name
+        self.thread = thread
+        thread.start()
+    }
+
+    func stop() {
+        running.store(false, ordering: .releasing)
+        wake()
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !finished.withLock({ $0 }) && ContinuousClock.now < deadline {
+            Thread.sleep(forTimeInterval: 0.001)
+        }
+    }
+
+    /// Asks the CM thread to connect `connection` (active, just made by the send path).
+    func connect(_ connection: Connection) {
+        requests.withLock { $0.append(connection) }
+        wake()
+    }
+
+    private func wake() {
+        wakePipe.wake()
+    }
+
+    private func run() {
+        defer {
+            byID.removeAll()
+            retries.removeAll()
+            finished.withLock { $0 = true }
+        }
+        var fds = [pollfd(fd: channel.fileDescriptor, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: wakePipe.readFD, events: Int16(POLLIN), revents: 0)]
+        while running.load(ordering: .acquiring) {
+            _ = poll(&fds, 2, 100)
+            if fds[1].revents != 0 {
+                wakePipe.drain()
+            }
+            for connection in requests.withLock({ queue -> [Connection] in defer { queue.removeAll() }; return Array(queue) }) {
+                startActive(connection, limits: context.localLimits)
+            }
+            let now = ContinuousClock.now
+            let due = retries.filter { $0.at <= now }
+            retries.removeAll { $0.at <= now }
+            for retry in due where retry.connection.phase == .connecting {
+                startActive(retry.connection, limits: retry.limits)
+            }
+            do {
+                while let event = try channel.nextEvent() { handle(event) }
+            } catch {
+                logger.error("rdma_cm event channel failed: \(error)")
+            }
+        }
+    }
+
+    // MARK: - Active side
+
+    private func startActive(_ connection: Connection, limits: ConnectionLimits) {
+        do {
+            let id = try channel.createID()
+            byID[ObjectIdentifier(id)] = (id, connection, limits)
+            let source = try IPv4Endpoint(formatIPv4(context.nid.address))
+            let destination = try IPv4Endpoint(formatIPv4(connection.peer.address), port: UInt16(context.tunables.servicePort))
+            try id.resolveAddress(from: source, to: destination, timeout: .seconds(min(context.tunables.timeout, 5)))
+        } catch {
+            fail(connection, "cannot start connecting: \(error)", status: .unreachable)
+        }
+    }
+
+    private func fail(_ connection: Connection, _ reason: String, status: LNetStatus) {
+        connection.close(reason: reason, status: status)
+        runtime.forget(connection)
+    }
+
+    private func handle(_ event: CMEvent) {
+        let key = ObjectIdentifier(event.id)
+        if event.kind == .connectRequest {
+            handleRequest(event)
+            return
+        }
+        guard let (id, connection, limits) = byID[key] else { return }
+        switch event.kind {
+        case .addressResolved:
+            do {
+                try id.resolveRoute(timeout: .seconds(min(context.tunables.timeout, 5)))
+            } catch {
+                fail(connection, "route resolution failed to start: \(error)", status: .unreachable)
+            }
+        case .routeResolved:
+            guard connection.phase == .connecting else { return }
+            do {
+                try connection.attach(id: id, limits: limits)
+                let request = ConnectRequest(source: context.nid.rawValue, sourceStamp: context.stamp,
+                                             destination: connection.peer.rawValue, limits: limits)
+                try id.connect(ConnectionParameters(privateData: request.encoded(), responderResources: context.readDepth,
+                                                    initiatorDepth: context.readDepth, retryCount: UInt8(context.tunables.retryCount),
+                                                    rnrRetryCount: UInt8(context.tunables.rnrRetryCount)))
+            } catch {
+                fail(connection, "connect failed: \(error)", status: .unreachable)
+            }
+        case .established:
+            guard connection.phase == .connecting else { return }
+            guard let accept = try? ConnectAccept.decode(event.privateData), accept.source == connection.peer.rawValue,
+                  accept.requesterStamp == context.stamp, accept.limits == limits else {
+                context.counters.bump(.protocolErrors)
+                fail(connection, "malformed or mismatched connection acceptance", status: .protocolError)
+                return
+            }
+            connection.established(peerStamp: accept.sourceStamp)
+        case .rejected:
+            byID[key] = nil
+            handleReject(event, connection: connection, limits: limits)
+        case .addressError, .routeError, .unreachable, .connectError:
+            byID[key] = nil
+            fail(connection, "cannot reach \(connection.peer): \(event.kind) (status \(event.status))", status: .unreachable)
+        case .disconnected:
+            try? id.disconnect()
+            fail(connection, "disconnected by the peer", status: .connectionClosed)
+        case .timeWaitExit:
+            byID[key] = nil
+        case .deviceRemoval:
+            fail(connection, "device removed", status: .connectionClosed)
+        default:
+            break
+        }
+    }
+
+    private func handleReject(_ event: CMEvent, connection: Connection, limits: ConnectionLimits) {
+        guard connection.phase == .connecting else { return }
+        guard let reject = ConnectReject.decode(event.privateData) else {
+            fail(connection, "connection refused by \(connection.peer) (no LND listening? status \(event.status))", status: .unreachable)
+            return
+        }
+        let deadline = connection.created + .seconds(context.tunables.timeout)
+        switch reject.reason {
+        case .connectionRace:
+            // The peer's own connection wins; it arrives here as a request and takes our queue. Should it not
+            // come (the peer gave up), try again shortly.
+            logger.debug("connection race with \(connection.peer): waiting for its connection")
+            if ContinuousClock.now < deadline {
+                retry(connection, limits: limits, after: .milliseconds(200))
+            }
+        case .queueDepthTooLarge, .tooManyFragments, .messageSizeTooLarge, .noResources:
+            let lowered = ConnectionLimits(queueDepth: min(limits.queueDepth, reject.limits.queueDepth),
+                                           maxFragments: min(limits.maxFragments, reject.limits.maxFragments),
+                                           maxMessageSize: min(limits.maxMessageSize, reject.limits.maxMessageSize))
+            guard lowered != limits, lowered.queueDepth >= 2, lowered.maxFragments >= 1,
+                  Int(lowered.maxMessageSize) >= WireFormat.maxMessageSize(immediateSize: 0, maxFragments: Int(lowered.maxFragments)),
+                  ContinuousClock.now < deadline else {
+                fail(connection, "rejected by \(connection.peer): \(reject.reason); its limits \(reject.limits) are unusable", status: .unreachable)
+                return
+            }
+            logger.info("rejected by \(connection.peer): \(reject.reason); retrying with \(lowered)")
+            context.counters.bump(.reconnects)
+            retry(connection, limits: lowered, after: reject.reason == .noResources ? .milliseconds(500) : .zero)
+        default:
+            fail(connection, "rejected by \(connection.peer): \(reject.reason)", status: .unreachable)
+        }
+    }
+
+    /// Tries again on a fresh id and connection (a rejected id cannot connect again); the queue moves over.
+    private func retry(_ connection: Connection, limits: ConnectionLimits, after delay: Duration) {
+        let fresh = runtime.replace(connection)
+        retries.append((at: .now + delay, connection: fresh, limits: limits))
+    }
+
+    // MARK: - Passive side
+
+    private func handleRequest(_ event: CMEvent) {
+        let id = event.id
+        let request: ConnectRequest
+        do {
+            request = try ConnectRequest.decode(event.privateData)
+        } catch {
+            reject(id, .malformed, "malformed connection request: \(error)")
+            return
+        }
+        let peer = NID(rawValue: request.source)
+        guard request.version == Handshake.version else {
+            reject(id, .versionMismatch, "\(peer) speaks version \(request.version)")
+            return
+        }
+        guard request.destination == context.nid.rawValue else {
+            reject(id, .wrongDestination, "request from \(peer) for \(NID(rawValue: request.destination))")
+            return
+        }
+        guard peer.network == context.nid.network, peer != context.nid,
+              id.remoteEndpoint?.address == formatIPv4(peer.address) else {
+            reject(id, .wrongDestination, "request claims NID \(peer) from address \(id.remoteEndpoint?.address ?? "?")")
+            return
+        }
+        let ours = context.localLimits
+        if request.limits.queueDepth > ours.queueDepth || request.limits.queueDepth < 2 {
+            reject(id, .queueDepthTooLarge, "\(peer) asked for queue depth \(request.limits.queueDepth)")
+            return
+        }
+        if request.limits.maxFragments > ours.maxFragments {
+            reject(id, .tooManyFragments, "\(peer) asked for \(request.limits.maxFragments) fragments")
+            return
+        }
+        if request.limits.maxMessageSize > ours.maxMessageSize
+            || Int(request.limits.maxMessageSize) < WireFormat.maxMessageSize(immediateSize: 0, maxFragments: Int(request.limits.maxFragments)) {
+            reject(id, .messageSizeTooLarge, "\(peer) asked for \(request.limits.maxMessageSize)-byte messages")
+            return
+        }
+        let decision = runtime.admit(peer: peer, stamp: request.sourceStamp)
+        let connection: Connection
+        switch decision {
+        case .reject(let reason, let why):
+            reject(id, reason, why)
+            return
+        case .accept(let fresh):
+            connection = fresh
+        }
+        do {
+            try connection.attach(id: id, limits: request.limits)
+            let accept = ConnectAccept(source: context.nid.rawValue, sourceStamp: context.stamp, requesterStamp: request.sourceStamp,
+                                       limits: request.limits, destination: request.source)
+            let depth = min(context.readDepth, event.initiatorDepth, event.responderResources)
+            try id.accept(ConnectionParameters(privateData: accept.encoded(), responderResources: depth, initiatorDepth: depth,
+                                               retryCount: UInt8(context.tunables.retryCount), rnrRetryCount: UInt8(context.tunables.rnrRetryCount)))
+            byID[ObjectIdentifier(id)] = (id, connection, request.limits)
+            connection.established(peerStamp: request.sourceStamp)
+            runtime.adopted(connection)
+        } catch {
+            logger.warning("cannot accept \(peer): \(error)")
+            try? id.reject(privateData: ConnectReject(reason: .noResources, stamp: context.stamp, limits: ours, servedNID: context.nid.rawValue).encoded())
+            fail(connection, "accept failed: \(error)", status: .connectionClosed)
+        }
+    }
+
+    private func reject(_ id: CMID, _ reason: RejectReason, _ why: String) {
+        logger.info("rejecting a connection: \(why) (\(reason))")
+        context.counters.bump(.rejectsSent)
+        let reject = ConnectReject(reason: reason, stamp: context.stamp, limits: context.localLimits, servedNID: context.nid.rawValue)
+        try? id.reject(privateData: reject.encoded())
+    }
+}
+
+/// Dotted-quad text of an IPv4 address held in host order (as in a NID).
+func formatIPv4(_ address: UInt32) -> String {
+    "\(address >> 24 & 0xFF).\(address >> 16 & 0xFF).\(address >> 8 & 0xFF).\(address & 0xFF)"
+}

@@ -1,0 +1,77 @@
+import LNet
+import Logging
+import Synchronization
+import Verbs
+
+/// What every connection of one interface shares: the interface, the tunables, our incarnation stamp, the
+/// protection domain, memory registration, and the counters.
+final class LNDContext: Sendable {
+    let ni: LNetNI
+    let tunables: LNDTunables
+    /// This instance's incarnation: a restarted node has a new one, so its peers can tell.
+    let stamp: UInt64
+    let logger: Logger
+    let protectionDomain: ProtectionDomain
+    let registrar: any Registrar
+    /// What this side proposes and accepts at most.
+    let localLimits: ConnectionLimits
+    /// READs in flight per connection each way (initiator depth / responder resources).
+    let readDepth: UInt8
+    let maxScatterGather: Int
+    let counters = LNDCounters()
+
+    init(ni: LNetNI, tunables: LNDTunables, stamp: UInt64, logger: Logger, protectionDomain: ProtectionDomain,
+         registrar: any Registrar, readDepth: UInt8, maxScatterGather: Int) {
+        self.ni = ni
+        self.tunables = tunables
+        self.stamp = stamp
+        self.logger = logger
+        self.protectionDomain = protectionDomain
+        self.registrar = registrar
+        self.readDepth = readDepth
+        self.maxScatterGather = maxScatterGather
+        self.localLimits = ConnectionLimits(
+            queueDepth: UInt16(tunables.peerCredits), maxFragments: UInt16(tunables.maxFragments),
+            maxMessageSize: UInt32(WireFormat.maxMessageSize(immediateSize: tunables.immediateSize, maxFragments: tunables.maxFragments)))
+    }
+
+    var nid: NID { ni.nid }
+}
+
+/// The LND's own counters (what `lnetctl` shows besides LNet's).
+final class LNDCounters: Sendable {
+    enum Counter: Int, CaseIterable {
+        case connectionsEstablished, connectionsClosed, protocolErrors, timeouts, rdmaReads, rdmaWrites, noops,
+             rejectsSent, reconnects
+    }
+
+    private let values = Mutex<[Int]>(Array(repeating: 0, count: Counter.allCases.count))
+
+    func bump(_ counter: Counter, by n: Int = 1) {
+        values.withLock { $0[counter.rawValue] += n }
+    }
+
+    func value(_ counter: Counter) -> Int { values.withLock { $0[counter.rawValue] } }
+}
+
+/// A snapshot of the LND's counters.
+public struct LNDCountersSnapshot: Sendable, Equatable {
+    public var connectionsEstablished: Int
+    public var connectionsClosed: Int
+    public var protocolErrors: Int
+    public var timeouts: Int
+    public var rdmaReads: Int
+    public var rdmaWrites: Int
+    public var noops: Int
+    public var rejectsSent: Int
+    public var reconnects: Int
+}
+
+extension LNDCounters {
+    var snapshot: LNDCountersSnapshot {
+        LNDCountersSnapshot(
+            connectionsEstablished: value(.connectionsEstablished), connectionsClosed: value(.connectionsClosed),
+            protocolErrors: value(.protocolErrors), timeouts: value(.timeouts), rdmaReads: value(.rdmaReads),
+            rdmaWrites: value(.rdmaWrites), noops: value(.noops), rejectsSent: value(.rejectsSent), reconnects: value(.reconnects))
+    }
+}

@@ -1,0 +1,49 @@
+import Verbs
+
+/// Memory reachable by the NIC for one transfer: local keys for our own work requests and, when remote access
+/// was granted, the descriptor the peer uses. Revoked (the keys stop working) when released: after that a
+/// stale rkey fails with a remote access error.
+final class MemoryGrant: @unchecked Sendable {
+    let pieces: [LocalPiece]
+    let descriptor: RDMADescriptor
+    private var regions: [MemoryRegion]
+
+    init(pieces: [LocalPiece], descriptor: RDMADescriptor, regions: [MemoryRegion]) {
+        self.pieces = pieces
+        self.descriptor = descriptor
+        self.regions = regions
+    }
+
+    var length: Int { pieces.reduce(0) { $0 + $1.length } }
+
+    /// Drops the registrations: deregistration invalidates their keys.
+    func revoke() {
+        regions.removeAll()
+    }
+}
+
+/// Makes memory reachable for a transfer.
+protocol Registrar: Sendable {
+    /// Registers `segments` with `access` (local write for a READ sink, remote read for a pull source,
+    /// remote write for a push sink). The caller keeps the memory alive until the grant is revoked.
+    func grant(_ segments: [UnsafeMutableRawBufferPointer], access: MemoryAccess) throws(VerbsError) -> MemoryGrant
+}
+
+/// Registers every transfer's memory afresh and deregisters it when the transfer ends.
+struct PerTransferRegistrar: Registrar {
+    let protectionDomain: ProtectionDomain
+
+    func grant(_ segments: [UnsafeMutableRawBufferPointer], access: MemoryAccess) throws(VerbsError) -> MemoryGrant {
+        var pieces: [LocalPiece] = []
+        var fragments: [RDMAFragment] = []
+        var regions: [MemoryRegion] = []
+        for segment in segments where segment.count > 0 {
+            let region = try MemoryRegion(protectionDomain: protectionDomain, bytes: segment, access: access)
+            regions.append(region)
+            pieces.append(LocalPiece(address: region.address, length: region.length, lkey: region.lkey))
+            fragments.append(RDMAFragment(address: region.address, length: UInt32(region.length), rkey: region.rkey))
+        }
+        let remote = access.contains(.remoteRead) || access.contains(.remoteWrite)
+        return MemoryGrant(pieces: pieces, descriptor: RDMADescriptor(fragments: remote ? fragments : []), regions: regions)
+    }
+}

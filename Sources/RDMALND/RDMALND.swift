@@ -1,0 +1,306 @@
+import Foundation
+import LNet
+import Logging
+import Synchronization
+import Verbs
+
+/// The RDMA LND (`o2ib`): carries LNet messages over RC queue pairs set up with rdma_cm.
+///
+/// Small messages go eagerly (IMMEDIATE, one SEND into a pre-posted buffer). Bulk PUT and GET move by RDMA:
+/// pull (the default, "transmit-first": the side holding the data registers it and tells the other side to
+/// RDMA READ it) or push (RDMA WRITE into the other side's sink). A GET request always carries the requester's
+/// sink descriptor. Tuned by `LND_*` environment variables (`LNDTunables`).
+public final class RDMALND: LNetLND {
+    public let networkType = LNetNetworkType.o2ib
+    public let tunables: LNDTunables
+    private let baseLogger: Logger
+    private let runtime = Mutex<LNDRuntime?>(nil)
+
+    /// An LND with these tunables.
+    public init(tunables: LNDTunables, logger: Logger = Logger(label: "lnet.o2ib")) {
+        self.tunables = tunables
+        self.baseLogger = logger
+    }
+
+    /// An LND tuned by the environment (`LND_*`); a bad value is an error naming the variable and its range.
+    public convenience init(environment: [String: String] = ProcessInfo.processInfo.environment,
+                            logger: Logger = Logger(label: "lnet.o2ib")) throws(TunableError) {
+        self.init(tunables: try LNDTunables.fromEnvironment(environment), logger: logger)
+    }
+
+    /// The device this LND uses: the tunable, else the interface named in the network configuration.
+    private func deviceName(for configuration: NetworkInterfaceConfiguration) -> String? {
+        if !tunables.device.isEmpty { return tunables.device }
+        return configuration.interfaceName
+    }
+
+    /// `o2ib(rxe0)` names no address: use the first IPv4 address among the device's GIDs.
+    public func resolveAddress(for configuration: NetworkInterfaceConfiguration) throws(LNetError) -> UInt32 {
+        if let address = configuration.address { return address }
+        guard let name = deviceName(for: configuration) else {
+            throw LNetError.lndStartupFailed(network: configuration.network, reason: "no device or address in \(configuration)")
+        }
+        do {
+            let port = try DeviceContext(deviceName: name).port(1)
+            guard let text = port.gids.compactMap(\.gid.ipv4Address).first, let address = parseDottedQuad(text) else {
+                throw LNetError.lndStartupFailed(network: configuration.network, reason: "device \(name) has no IPv4 address")
+            }
+            return address
+        } catch let error as LNetError {
+            throw error
+        } catch {
+            throw LNetError.lndStartupFailed(network: configuration.network, reason: "\(error)")
+        }
+    }
+
+    public func startup(ni: LNetNI) throws(LNetError) {
+        do {
+            let started = try LNDRuntime(ni: ni, tunables: tunables, logger: baseLogger, expectedDevice: deviceName(for: ni.configuration))
+            runtime.withLock { $0 = started }
+        } catch {
+            throw LNetError.lndStartupFailed(network: ni.network, reason: "\(error)")
+        }
+    }
+
+    public func shutdown(ni: LNetNI) {
+        let stopping = runtime.withLock { runtime -> LNDRuntime? in
+            defer { runtime = nil }
+            return runtime
+        }
+        stopping?.stop()
+    }
+
+    public func send(ni: LNetNI, message: LNetMessage) {
+        guard let runtime = runtime.withLock({ $0 }) else {
+            ni.finalize(message, status: .shutdown)
+            return
+        }
+        if message.type == .reply {
+            guard let context = message.privateContext as? ReceiveContext, case .getRequest(let cookie, let sink) = context.kind else {
+                ni.logger.error("REPLY without the GET it answers", metadata: ["message": "\(message)"])
+                ni.finalize(message, status: .protocolError)
+                return
+            }
+            context.connection.serveGet(message, requesterCookie: cookie, sink: sink)
+            return
+        }
+        runtime.connection(to: message.header.destination.nid).send(message)
+    }
+
+    public func receive(ni: LNetNI, message: LNetMessage, window: LNetMDWindow, context: (any Sendable)?) {
+        guard let context = context as? ReceiveContext else {
+            ni.logger.error("receive without an o2ib context", metadata: ["message": "\(message)"])
+            ni.finalize(message, status: .protocolError)
+            return
+        }
+        switch context.kind {
+        case .immediate(_, let payload):
+            window.copy(from: payload)
+            context.releaseBuffer()
+            ni.finalize(message, status: .ok)
+        case .copied(let buffer, let length):
+            window.copy(from: UnsafeRawBufferPointer(start: buffer.baseAddress, count: length))
+            ni.finalize(message, status: .ok)
+        case .putRequest(let cookie, let source):
+            context.connection.receivePut(message, window: window, sourceCookie: cookie, source: source)
+        case .getRequest:
+            ni.logger.error("receive for a GET request", metadata: ["message": "\(message)"])
+            ni.finalize(message, status: .protocolError)
+        }
+    }
+
+    public func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any Sendable)?) {
+        guard let context = context as? ReceiveContext else { return }
+        switch context.kind {
+        case .immediate:
+            context.releaseBuffer()
+        case .copied:
+            break
+        case .putRequest(let cookie, let source):
+            context.connection.dropPut(sourceCookie: cookie, pull: !source.fragments.isEmpty, status: status)
+        case .getRequest:
+            // The core answers a GET with a REPLY even when nothing matched; nothing to do here.
+            break
+        }
+    }
+
+    public func eagerReceive(ni: LNetNI, header: LNetHeader, context: (any Sendable)?) throws(LNetError) -> (any Sendable)? {
+        guard let context = context as? ReceiveContext, case .immediate(_, let payload) = context.kind else { return context }
+        let copy = try LNetBuffer(count: max(1, payload.count))
+        copy.bytes.copyMemory(from: payload)
+        context.releaseBuffer()
+        return ReceiveContext(connection: context.connection, kind: .copied(copy, length: payload.count))
+    }
+
+    /// The LND's counters (zero before start-up).
+    public var counters: LNDCountersSnapshot? {
+        runtime.withLock { $0?.context.counters.snapshot }
+    }
+
+    /// Connections currently in the peer table, by peer.
+    public var connectionCount: Int {
+        runtime.withLock { $0?.connectionCount ?? 0 }
+    }
+}
+
+/// Parses a dotted-quad IPv4 address into host order.
+func parseDottedQuad(_ text: String) -> UInt32? {
+    let parts = text.split(separator: ".")
+    guard parts.count == 4 else { return nil }
+    var value: UInt32 = 0
+    for part in parts {
+        guard let byte = UInt8(part) else { return nil }
+        value = value << 8 | UInt32(byte)
+    }
+    return value
+}
+
+/// What exists between start-up and shut-down: the device resources, threads and the peer table.
+final class LNDRuntime: @unchecked Sendable {
+    enum Admission {
+        case accept(Connection)
+        case reject(RejectReason, String)
+    }
+
+    private(set) var context: LNDContext!
+    private var manager: ConnectionManager!
+    private var schedulers: [Scheduler] = []
+    private let peers = Mutex<[NID: Connection]>([:])
+    private let stopping = Atomic<Bool>(false)
+
+    init(ni: LNetNI, tunables: LNDTunables, logger: Logger, expectedDevice: String?) throws {
+        var logger = logger
+        logger[metadataKey: "ni"] = "\(ni.nid)"
+        let channel = try CMEventChannel()
+        let listener = try channel.createID()
+        try listener.bind(IPv4Endpoint(formatIPv4(ni.nid.address), port: UInt16(tunables.servicePort)))
+        guard let device = listener.deviceContext else {
+            throw VerbsError(call: "rdma_bind_addr", errno: 19, detail: "\(formatIPv4(ni.nid.address)) is on no RDMA device")
+        }
+        if let expectedDevice, expectedDevice != device.name, !tunables.device.isEmpty {
+            throw VerbsError(call: "rdma_bind_addr", errno: 19,
+                             detail: "\(formatIPv4(ni.nid.address)) is on \(device.name), LND_DEVICE says \(expectedDevice)")
+        }
+        let limits = try device.limits()
+        let protectionDomain = try ProtectionDomain(context: device)
+        let readDepth = UInt8(clamping: min(limits.maxInitiatorDepth, limits.maxResponderResources, 16))
+        let stamp = UInt64(Date().timeIntervalSince1970 * 1_000_000_000)
+        context = LNDContext(ni: ni, tunables: tunables, stamp: stamp, logger: logger, protectionDomain: protectionDomain,
+                             registrar: PerTransferRegistrar(protectionDomain: protectionDomain), readDepth: readDepth,
+                             maxScatterGather: min(limits.maxScatterGather, 16))
+        for index in 0..<tunables.effectiveSchedulers {
+            schedulers.append(try Scheduler(index: index, context: device, logger: logger))
+        }
+        manager = try ConnectionManager(channel: channel, listener: listener, runtime: self)
+        try listener.listen()
+        for scheduler in schedulers { scheduler.start(name: "o2ib-sched-\(scheduler.index)") }
+        manager.start(name: "o2ib-cm")
+        logger.info("o2ib up on \(device.name)", metadata: [
+            "address": "\(formatIPv4(ni.nid.address)):\(tunables.servicePort)", "schedulers": "\(schedulers.count)",
+            "readDepth": "\(readDepth)", "limits": "\(context.localLimits)",
+        ])
+    }
+
+    var connectionCount: Int { peers.withLock { $0.values.filter { $0.phase != .closed }.count } }
+
+    /// The scheduler of a peer: by the hash of its NID, so one peer's completions stay on one thread.
+    private func scheduler(for peer: NID) -> Scheduler {
+        var hash = peer.rawValue &* 0x9E37_79B9_7F4A_7C15
+        hash ^= hash >> 29
+        return schedulers[Int(hash % UInt64(schedulers.count))]
+    }
+
+    /// The connection to `peer`, starting one if there is none.
+    func connection(to peer: NID) -> Connection {
+        let (connection, fresh) = peers.withLock { table -> (Connection, Bool) in
+            if let existing = table[peer], existing.phase != .closed { return (existing, false) }
+            let made = Connection(context: context, peer: peer, role: .active, scheduler: scheduler(for: peer))
+            table[peer] = made
+            return (made, true)
+        }
+        if fresh {
+            if stopping.load(ordering: .acquiring) {
+                connection.close(reason: "shutting down", status: .shutdown)
+            } else {
+                manager.connect(connection)
+            }
+        }
+        return connection
+    }
+
+    /// A replacement attempt for `old` (rejected, to retry): takes over its waiting messages.
+    func replace(_ old: Connection) -> Connection {
+        let fresh = Connection(context: context, peer: old.peer, role: .active, scheduler: scheduler(for: old.peer))
+        peers.withLock { table in
+            if table[old.peer] === old || table[old.peer] == nil { table[old.peer] = fresh }
+        }
+        old.handOver(to: fresh)
+        old.close(reason: "superseded by a new attempt", status: .connectionClosed)
+        return fresh
+    }
+
+    /// Drops a failed connection from the peer table.
+    func forget(_ connection: Connection) {
+        peers.withLock { table in
+            if table[connection.peer] === connection { table[connection.peer] = nil }
+        }
+    }
+
+    /// An accepted connection is in place.
+    func adopted(_ connection: Connection) {}
+
+    /// Decides on a connection request from `peer` (incarnation `stamp`) against the connection we have.
+    func admit(peer: NID, stamp: UInt64) -> Admission {
+        if stopping.load(ordering: .acquiring) { return .reject(.shuttingDown, "shutting down") }
+        var superseded: Connection?
+        var restarted: Connection?
+        let decision = peers.withLock { table -> Admission in
+            let fresh = Connection(context: context, peer: peer, role: .passive, scheduler: scheduler(for: peer))
+            guard let existing = table[peer], existing.phase != .closed else {
+                table[peer] = fresh
+                return .accept(fresh)
+            }
+            if existing.phase == .established {
+                let known = existing.peerStamp
+                if stamp < known { return .reject(.staleIncarnation, "\(peer) incarnation \(stamp) is older than \(known)") }
+                if stamp > known {
+                    restarted = existing
+                    table[peer] = fresh
+                    return .accept(fresh)
+                }
+            }
+            if existing.role == .active && context.nid > peer {
+                return .reject(.connectionRace, "connection race with \(peer): ours wins")
+            }
+            if existing.role == .active && existing.phase == .connecting {
+                superseded = existing
+            } else {
+                restarted = existing  // the peer reconnects: it no longer has the old connection
+            }
+            table[peer] = fresh
+            return .accept(fresh)
+        }
+        if case .accept(let fresh) = decision {
+            if let restarted {
+                restarted.close(reason: "replaced by a new connection from \(peer)", status: .connectionClosed)
+            }
+            if let superseded {
+                superseded.handOver(to: fresh)
+                superseded.close(reason: "lost the connection race to \(peer)'s connection", status: .connectionClosed)
+            }
+        }
+        return decision
+    }
+
+    /// Stops accepting, closes every connection (finalizing what they hold with `.shutdown`), stops the threads.
+    func stop() {
+        stopping.store(true, ordering: .releasing)
+        let all = peers.withLock { table -> [Connection] in
+            defer { table.removeAll() }
+            return Array(table.values)
+        }
+        for connection in all { connection.close(reason: "shutting down", status: .shutdown) }
+        manager.stop()
+        for scheduler in schedulers { scheduler.stop() }
+    }
+}

@@ -1,0 +1,84 @@
+import Foundation
+import LNet
+import Logging
+import Synchronization
+import Testing
+import Verbs
+@testable import RDMALND
+
+/// Device tests run where an RDMA device is present; inside the SoftRoCE VM `RDMA_REQUIRE_DEVICE=1` makes a
+/// missing device a failure instead of a skip.
+enum LNDTestDevice {
+    static let required = ProcessInfo.processInfo.environment["RDMA_REQUIRE_DEVICE"] == "1"
+    static let shouldRun = Devices.haveActivePort || required
+    static let serverAddress = ProcessInfo.processInfo.environment["RDMA_TEST_SERVER_ADDR"] ?? "192.0.2.1"
+    static let clientAddress = ProcessInfo.processInfo.environment["RDMA_TEST_CLIENT_ADDR"] ?? "192.0.2.2"
+
+    /// A fresh service port per node pair, so suites running side by side never collide.
+    private static let nextPort = Atomic<Int>(20_000 + Int(getpid() % 500) * 40)
+    static func port() -> Int { nextPort.add(1, ordering: .relaxed).newValue }
+}
+
+extension Trait where Self == ConditionTrait {
+    static var requiresDevice: Self {
+        .enabled(if: LNDTestDevice.shouldRun, "no RDMA device with an active port (run inside scripts/softroce-vm.sh)")
+    }
+}
+
+/// One LNet node with an o2ib interface on one of the test bed's addresses.
+final class LNDNode: Sendable {
+    let lnet: LNet
+    let lnd: RDMALND
+    let id: ProcessID
+    let ni: LNetNI
+
+    init(address: String, tunables: LNDTunables, pid: UInt32 = 4242, logLevel: Logger.Level = .warning) throws {
+        var logger = Logger(label: "test.o2ib.\(address)")
+        logger.logLevel = ProcessInfo.processInfo.environment["LND_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? logLevel
+        lnd = RDMALND(tunables: tunables, logger: logger)
+        lnet = LNet(configuration: LNet.Configuration(pid: pid), logger: logger)
+        ni = try lnet.addInterface(NetworkInterfaceConfiguration(parsing: "o2ib(rxe0:\(address))"), lnd: lnd)
+        id = ProcessID(nid: ni.nid, pid: pid)
+    }
+
+    /// Two nodes, server on 192.0.2.1 and client on 192.0.2.2, on a fresh service port.
+    static func pair(_ configure: (inout LNDTunables) -> Void = { _ in }) throws -> (server: LNDNode, client: LNDNode) {
+        var tunables = LNDTunables()
+        tunables.servicePort = LNDTestDevice.port()
+        tunables.schedulers = 2
+        tunables.timeout = 10
+        configure(&tunables)
+        return (try LNDNode(address: LNDTestDevice.serverAddress, tunables: tunables),
+                try LNDNode(address: LNDTestDevice.clientAddress, tunables: tunables))
+    }
+
+    func shutdown() { lnet.shutdown() }
+}
+
+/// A buffer filled with a pattern that depends on `seed` (8 bytes at a time: fast even in debug builds).
+func patterned(_ count: Int, seed: UInt64) throws -> LNetBuffer {
+    let buffer = try LNetBuffer(count: count)
+    buffer.bytes.withMemoryRebound(to: UInt8.self) { bytes in
+        var value = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+        var i = 0
+        while i + 8 <= count {
+            value = value &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            UnsafeMutableRawPointer(bytes.baseAddress! + i).storeBytes(of: value, as: UInt64.self)
+            i += 8
+        }
+        while i < count { bytes[i] = UInt8(truncatingIfNeeded: seed &+ UInt64(i)); i += 1 }
+    }
+    return buffer
+}
+
+/// Whether `a[aOffset...]` and `b[bOffset...]` agree for `length` bytes.
+func same(_ a: LNetBuffer, _ aOffset: Int = 0, _ b: LNetBuffer, _ bOffset: Int = 0, length: Int) -> Bool {
+    memcmp(a.baseAddress + aOffset, b.baseAddress + bOffset, length) == 0
+}
+
+/// Waits for the next event of `kind` on `eq`, failing on any other kind.
+func expectEvent(_ kind: LNetEventKind, on eq: EventQueue, timeout: Duration = .seconds(30)) async throws -> LNetEvent {
+    let event = try await eq.next(timeout: timeout)
+    #expect(event.kind == kind, "expected \(kind), got \(event.kind) status \(event.status)")
+    return event
+}
