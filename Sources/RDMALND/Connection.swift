@@ -641,7 +641,8 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     }
 
     private func failed(_ completion: WorkCompletion, _ state: inout State, _ actions: inout Actions) {
-        guard state.phase != .closed else { return }  // flushes after a close
+        // Flushes after a close, or of a connection the CM is still setting up (the CM thread decides its fate).
+        guard state.phase == .established else { return }
         let status: LNetStatus = completion.status == .retryExceeded ? .timeout : .connectionClosed
         closeLocked(&state, reason: "work request failed: \(completion.status) (vendor error \(completion.vendorError))", status: status, &actions)
     }

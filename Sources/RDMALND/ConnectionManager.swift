@@ -21,7 +21,8 @@ import Glibc
 ///   an older incarnation is rejected as stale.
 final class ConnectionManager: @unchecked Sendable {
     private let channel: CMEventChannel
-    private let listener: CMID
+    /// Released on stop, so the address and port are free again at once.
+    private var listener: CMID?
     private let wakePipe: WakePipe
     private let running = Atomic<Bool>(true)
     private let finished = Mutex<Bool>(false)
@@ -29,7 +30,6 @@ final class ConnectionManager: @unchecked Sendable {
     /// Only the CM thread touches this map.
     private var byID: [ObjectIdentifier: (CMID, Connection, ConnectionLimits)] = [:]
     private var retries: [(at: ContinuousClock.Instant, connection: Connection, limits: ConnectionLimits)] = []
-    private var thread: Thread?
     private unowned(unsafe) let runtime: LNDRuntime
 
     /// Binds and listens on `endpoint`; the listener's device is the LND's device.
@@ -46,10 +46,10 @@ final class ConnectionManager: @unchecked Sendable {
     func start(name: String) {
         let thread = Thread { [self] in run() }
         thread.name = name
-        self.thread = thread
         thread.start()
     }
 
+    /// Stops the thread and waits for it; then releases the listener and every id still held.
     func stop() {
         running.store(false, ordering: .releasing)
         wake()
@@ -57,6 +57,7 @@ final class ConnectionManager: @unchecked Sendable {
         while !finished.withLock({ $0 }) && ContinuousClock.now < deadline {
             Thread.sleep(forTimeInterval: 0.001)
         }
+        listener = nil
     }
 
     /// Asks the CM thread to connect `connection` (active, just made by the send path).

@@ -20,7 +20,6 @@ final class Scheduler: @unchecked Sendable {
     private let logger: Logger
     /// How long to keep polling after the last completion before going back to sleep.
     private let busyPollWindow: Duration
-    private var thread: Thread?
 
     init(index: Int, context: DeviceContext, logger: Logger, busyPollWindow: Duration = .microseconds(50)) throws(VerbsError) {
         self.index = index
@@ -35,7 +34,6 @@ final class Scheduler: @unchecked Sendable {
     func start(name: String) {
         let thread = Thread { [self] in run() }
         thread.name = name
-        self.thread = thread
         thread.start()
     }
 
