@@ -26,10 +26,10 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         let id: CMID
         let queuePair: QueuePair
         let completionQueue: CompletionQueue
-        let sendBuffers: MemoryRegion
         let receiveBuffers: MemoryRegion
         let limits: ConnectionLimits
-        let sendSlots: Int
+        /// Sends this connection may have posted at once (`LND_CONCURRENT_SENDS`).
+        let sendLimit: Int
         let receiveSlots: Int
         let rdmaBudget: Int
     }
@@ -50,6 +50,8 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         var credited: Bool
         /// The transaction this message starts (counts against the transaction limit).
         var starts: UInt64? = nil
+        /// Carries an LNet message: takes one of the interface's send credits (`LND_CREDITS`).
+        var holdsCredit = false
         var onSent: SentAction = .none
         /// An LNet message waiting in the queue, failed if the connection closes before it goes.
         var message: LNetMessage? = nil
@@ -70,7 +72,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     final class Transaction: @unchecked Sendable {
         let cookie: UInt64
         let kind: TransactionKind
-        /// Started by this side (counts against the transaction limit).
+        /// Started by this side (counts against the transaction limit, holds an interface credit).
         let initiated: Bool
         var message: LNetMessage?
         var grant: MemoryGrant?
@@ -78,6 +80,8 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         var length = 0
         var pendingSteps = 0
         var deadline: ContinuousClock.Instant
+        /// Its request got on the wire, taking an interface credit.
+        var creditTaken = false
         /// For a PUT sink or GET target: whether the transfer is a pull (we READ / the peer READs).
         var pull = false
 
@@ -95,9 +99,10 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         var resources: Resources?
         var peerStamp: UInt64 = 0
         var credits = Credits(queueDepth: 1)
-        var freeSlots: [Int] = []
+        /// Sends posted and not completed: their transmit descriptor, what to do when they complete, and
+        /// whether they hold an interface credit to return then.
+        var posted: [Int: (action: SentAction, credit: Bool)] = [:]
         var rdmaInFlight = 0
-        var sentActions: [SentAction] = []
         var queue: Deque<Outgoing> = []
         var replies: Deque<Outgoing> = []
         var rdmaJobs: Deque<RDMAJob> = []
@@ -109,6 +114,9 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         /// LNet messages waiting for the connection to be established (or for earlier ones to be sent).
         var waiting: Deque<LNetMessage> = []
         var draining = false
+        /// Receives that completed before this side saw the connection established (the peer may send as soon
+        /// as its side is up); handled in order once it is.
+        var early: [WorkCompletion] = []
     }
 
     static let kindShift: UInt64 = 60
@@ -150,30 +158,26 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     func attach(id: CMID, limits: ConnectionLimits) throws(VerbsError) {
         guard let deviceContext = id.deviceContext else { throw VerbsError(call: "CMID.deviceContext", errno: 19) }
         let depth = Int(limits.queueDepth)
-        let sendSlots = Credits.receiveBuffers(queueDepth: depth)
+        let sendLimit = context.tunables.effectiveConcurrentSends
         let receiveSlots = Credits.receiveBuffers(queueDepth: depth)
         let rdmaBudget = max(16, 4 * depth)
         let messageSize = Int(limits.maxMessageSize)
-        let cq = try CompletionQueue(context: deviceContext, capacity: sendSlots + rdmaBudget + receiveSlots,
-                                     channel: scheduler.channel, vector: 0)
+        let cq = try CompletionQueue(context: deviceContext, capacity: sendLimit + rdmaBudget + receiveSlots,
+                                     channel: scheduler.channel, vector: scheduler.completionVector(for: peer))
         let qp = try id.createQueuePair(
             protectionDomain: context.protectionDomain, sendQueue: cq, receiveQueue: cq,
-            capabilities: QueuePairCapabilities(maxSendWorkRequests: sendSlots + rdmaBudget, maxReceiveWorkRequests: receiveSlots,
+            capabilities: QueuePairCapabilities(maxSendWorkRequests: sendLimit + rdmaBudget, maxReceiveWorkRequests: receiveSlots,
                                                 maxSendScatterGather: context.maxScatterGather, maxReceiveScatterGather: 1))
-        let sendBuffers = try MemoryRegion(protectionDomain: context.protectionDomain, length: sendSlots * messageSize, access: [])
         let receiveBuffers = try MemoryRegion(protectionDomain: context.protectionDomain, length: receiveSlots * messageSize,
                                               access: [.localWrite])
         try qp.post((0..<receiveSlots).map {
             ReceiveWorkRequest(id: UInt64($0), scatterGather: [receiveBuffers.sge(offset: $0 * messageSize, length: messageSize)])
         })
-        let resources = Resources(id: id, queuePair: qp, completionQueue: cq, sendBuffers: sendBuffers,
-                                  receiveBuffers: receiveBuffers, limits: limits, sendSlots: sendSlots,
-                                  receiveSlots: receiveSlots, rdmaBudget: rdmaBudget)
+        let resources = Resources(id: id, queuePair: qp, completionQueue: cq, receiveBuffers: receiveBuffers, limits: limits,
+                                  sendLimit: sendLimit, receiveSlots: receiveSlots, rdmaBudget: rdmaBudget)
         state.withLock { state in
             state.resources = resources
             state.credits = Credits(queueDepth: depth)
-            state.freeSlots = Array((0..<sendSlots).reversed())
-            state.sentActions = Array(repeating: .none, count: sendSlots)
         }
         scheduler.register(self, queue: cq)
         try cq.requestNotification()
@@ -181,17 +185,19 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
 
     /// The handshake is done: traffic may flow, starting with the messages that waited for it.
     func established(peerStamp: UInt64) {
-        let proceed = state.withLock { state -> Bool in
-            guard state.phase == .connecting else { return false }
+        let proceed = state.withLock { state -> Bool? in
+            guard state.phase == .connecting else { return nil }
             state.phase = .established
             state.peerStamp = peerStamp
             state.lastReceive = .now
             state.draining = true
-            return true
+            return !state.early.isEmpty
         }
-        guard proceed else { return }
+        guard let hasEarly = proceed else { return }
         context.counters.bump(.connectionsEstablished)
         logger.debug("established", metadata: ["limits": "\(resources?.limits.description ?? "-")"])
+        // Receives that came early are handled by the scheduler thread, in order, before anything newer.
+        if hasEarly { scheduler.kick(self) }
         drainWaiting()
     }
 
@@ -253,11 +259,11 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             let lnet = message.header.encoded()
             switch message.type {
             case .ack:
-                enqueue(Outgoing(body: .immediate(lnet: lnet, payloadOffset: 0, payloadLength: 0), credited: true,
+                enqueue(Outgoing(body: .immediate(lnet: lnet, payloadOffset: 0, payloadLength: 0), credited: true, holdsCredit: true,
                                  onSent: .finalize(message), message: message, deadline: deadline), &actions)
             case .put where message.payload.length <= eagerLimit:
                 enqueue(Outgoing(body: .immediate(lnet: lnet, payloadOffset: 0, payloadLength: message.payload.length),
-                                 payload: message.payload, credited: true, onSent: .finalize(message), message: message,
+                                 payload: message.payload, credited: true, holdsCredit: true, onSent: .finalize(message), message: message,
                                  deadline: deadline), &actions)
             case .put:
                 let pull = context.tunables.putMode == .pull
@@ -312,7 +318,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             transaction.grant = grant
             transaction.length = message.type == .get ? (message.sink?.length ?? 0) : message.payload.length
             state.transactions[cookie] = transaction
-            state.queue.append(Outgoing(body: body(cookie), credited: true, starts: cookie, deadline: deadline))
+            state.queue.append(Outgoing(body: body(cookie), credited: true, starts: cookie, holdsCredit: true, deadline: deadline))
             pump(&state, &actions)
         }
     }
@@ -490,7 +496,10 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         guard state.transactions.removeValue(forKey: transaction.cookie) != nil else { return }
         transaction.grant?.revoke()
         transaction.grant = nil
-        if transaction.initiated { state.credits.finishTransaction() }
+        if transaction.initiated {
+            state.credits.finishTransaction()
+            if transaction.creditTaken { returnInterfaceCredit(&actions) }
+        }
         guard let message = transaction.message else { return }
         transaction.message = nil
         if transaction.kind == .getRequester {
@@ -517,9 +526,13 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
 
     /// Posts whatever may go now: control replies first (they never wait behind data), RDMA steps, then
     /// credited messages as credits allow, and a NOOP when credits are owed and nothing else carries them.
+    /// Sends need a transmit descriptor from the interface's pool and room under `LND_CONCURRENT_SENDS`; LNet
+    /// messages also need an interface credit. Without them the connection waits to be woken.
     private func pump(_ state: inout State, _ actions: inout Actions) {
         guard state.phase == .established, let resources = state.resources else { return }
-        while !state.replies.isEmpty, let slot = state.freeSlots.popLast() {
+        let pool = context.pool
+        while !state.replies.isEmpty, state.posted.count < resources.sendLimit {
+            guard let slot = pool.take(credit: false, waiter: self) else { break }
             let outgoing = state.replies.removeFirst()
             guard post(outgoing, slot: slot, credits: state.credits.takeOwed(), resources, &state, &actions) else { return }
         }
@@ -540,44 +553,74 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
                 return
             }
         }
-        while let next = state.queue.first, !state.freeSlots.isEmpty, state.credits.canSendCredited {
+        while let next = state.queue.first, state.posted.count < resources.sendLimit, state.credits.canSendCredited {
             if next.starts != nil && !state.credits.canStartTransaction { break }
+            guard let slot = pool.take(credit: next.holdsCredit, waiter: self) else { break }
             state.queue.removeFirst()
-            if next.starts != nil { state.credits.startTransaction() }
-            let slot = state.freeSlots.removeLast()
+            if let cookie = next.starts {
+                state.credits.startTransaction()
+                state.transactions[cookie]?.creditTaken = true
+            }
             guard post(next, slot: slot, credits: state.credits.takeCredited(), resources, &state, &actions) else { return }
         }
-        if state.credits.needsNoop, let slot = state.freeSlots.popLast() {
+        if state.credits.needsNoop, state.posted.count < resources.sendLimit, let slot = pool.take(credit: false, waiter: self) {
             context.counters.bump(.noops)
             _ = post(Outgoing(body: .noop, credited: true, deadline: .now + timeout), slot: slot,
                      credits: state.credits.takeCredited(), resources, &state, &actions)
         }
     }
 
-    /// Encodes `outgoing` into send buffer `slot` and posts the SEND.
+    /// Encodes `outgoing` into transmit descriptor `slot` and posts the SEND.
     private func post(_ outgoing: Outgoing, slot: Int, credits: UInt8, _ resources: Resources, _ state: inout State,
                       _ actions: inout Actions) -> Bool {
-        let size = Int(resources.limits.maxMessageSize)
-        let buffer = UnsafeMutableRawBufferPointer(rebasing: resources.sendBuffers.bytes[slot * size..<(slot + 1) * size])
+        let pool = context.pool
+        let size = min(pool.messageSize, Int(resources.limits.maxMessageSize))
+        let buffer = UnsafeMutableRawBufferPointer(rebasing: pool.buffer(slot)[0..<size])
         let addressing = WireAddressing(source: context.nid.rawValue, sourceStamp: context.stamp, destination: peer.rawValue,
                                         destinationStamp: state.peerStamp)
         let length = WireMessage.encode(outgoing.body, credits: credits, addressing: addressing, checksum: context.tunables.checksum,
                                         into: buffer) { destination in
             outgoing.payload?.copy(into: destination)
         }
-        state.sentActions[slot] = outgoing.onSent
+        // An eager LNet message holds its credit until its send completes; a request's credit belongs to its
+        // transaction.
+        let eagerCredit = outgoing.holdsCredit && outgoing.starts == nil
+        state.posted[slot] = (outgoing.onSent, eagerCredit)
         do {
             try resources.queuePair.post(SendWorkRequest(id: Self.sendKind << Self.kindShift | UInt64(slot), operation: .send,
-                                                         scatterGather: [resources.sendBuffers.sge(offset: slot * size, length: length)]))
+                                                         scatterGather: [pool.sge(slot, length: length)]))
             state.lastSend = .now
             return true
         } catch {
-            state.sentActions[slot] = .none
-            state.freeSlots.append(slot)
+            state.posted[slot] = nil
+            releaseSlot(slot, credit: outgoing.holdsCredit, &actions)
             if case .finalize(let message) = outgoing.onSent { actions.add { message.ni.finalize(message, status: .connectionClosed) } }
             closeLocked(&state, reason: "posting a send failed: \(error)", status: .connectionClosed, &actions)
             return false
         }
+    }
+
+    /// Gives a transmit descriptor (and maybe an interface credit) back; connections waiting for one are woken
+    /// after the lock is released.
+    private func releaseSlot(_ slot: Int, credit: Bool, _ actions: inout Actions) {
+        var waiters = context.pool.give(slot)
+        if credit { waiters += context.pool.returnCredit() }
+        wakeLater(waiters, &actions)
+    }
+
+    private func returnInterfaceCredit(_ actions: inout Actions) {
+        wakeLater(context.pool.returnCredit(), &actions)
+    }
+
+    private func wakeLater(_ waiters: [Connection], _ actions: inout Actions) {
+        for waiter in waiters { actions.add { waiter.wake() } }
+    }
+
+    /// A transmit descriptor or credit came free: post what waited for it.
+    func wake() {
+        var actions = Actions()
+        state.withLock { state in pump(&state, &actions) }
+        actions.run()
     }
 
     // MARK: - Completions (scheduler thread)
@@ -587,6 +630,13 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     func poll() -> Int {
         guard let resources else { return 0 }
         var total = 0
+        let early = state.withLock { state -> [WorkCompletion] in
+            guard state.phase != .connecting else { return [] }
+            defer { state.early.removeAll() }
+            return state.early
+        }
+        for completion in early { handleReceive(slot: Int(completion.id & Self.cookieMask), completion: completion, resources) }
+        total += early.count
         while true {
             var completions: [WorkCompletion] = []
             do {
@@ -595,7 +645,10 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
                 close(reason: "polling the completion queue failed: \(error)", status: .connectionClosed)
                 return total
             }
-            if completions.isEmpty { return total }
+            if completions.isEmpty {
+                if state.withLock({ $0.phase == .closed && $0.posted.isEmpty }) { scheduler.closed(self) }
+                return total
+            }
             total += completions.count
             for completion in completions { handle(completion, resources) }
         }
@@ -612,9 +665,8 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         state.withLock { state in
             if kind == Self.sendKind {
                 let slot = Int(value)
-                let action = state.sentActions[slot]
-                state.sentActions[slot] = .none
-                state.freeSlots.append(slot)
+                let (action, credit) = state.posted.removeValue(forKey: slot) ?? (.none, false)
+                releaseSlot(slot, credit: credit, &actions)
                 if completion.status.isSuccess {
                     switch action {
                     case .none: break
@@ -654,6 +706,12 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             actions.run()
             return
         }
+        let stashed = state.withLock { state -> Bool in
+            guard state.phase == .connecting else { return false }
+            state.early.append(completion)
+            return true
+        }
+        if stashed { return }
         let size = Int(resources.limits.maxMessageSize)
         let buffer = UnsafeRawBufferPointer(rebasing: resources.receiveBuffers.bytes[slot * size..<slot * size + Int(completion.byteLength)])
         let message: WireMessage
@@ -862,7 +920,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
                     return
                 }
                 if now - state.lastSend > .seconds(keepalive), state.credits.canSendCredited, let resources = state.resources,
-                   let slot = state.freeSlots.popLast() {
+                   state.posted.count < resources.sendLimit, let slot = context.pool.take(credit: false, waiter: self) {
                     context.counters.bump(.noops)
                     _ = post(Outgoing(body: .noop, credited: true, deadline: now + timeout), slot: slot,
                              credits: state.credits.takeCredited(), resources, &state, &actions)
@@ -898,12 +956,14 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         state.queue.removeAll()
         state.replies.removeAll()
         state.rdmaJobs.removeAll()
-        for index in state.sentActions.indices {
-            if case .finalize(let message) = state.sentActions[index] { messages.append(message) }
-            state.sentActions[index] = .none
+        // Posted sends keep their descriptors until the flush completes them; their messages fail now.
+        for (slot, entry) in state.posted {
+            if case .finalize(let message) = entry.action { messages.append(message) }
+            state.posted[slot] = (.none, entry.credit)
         }
         var gets: [LNetMessage] = []
         for transaction in state.transactions.values {
+            if transaction.initiated && transaction.creditTaken { returnInterfaceCredit(&actions) }
             transaction.grant?.revoke()
             transaction.grant = nil
             if let message = transaction.message {
@@ -913,10 +973,12 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         }
         state.transactions.removeAll()
         let id = state.resources?.id
+        let drained = state.posted.isEmpty
         let manager = scheduler
         actions.add { [self] in
             if let id { try? id.disconnect() }
-            manager.closed(self)
+            // Posted sends still own transmit descriptors: keep polling until the flush returns them.
+            if drained { manager.closed(self) }
             for message in messages { message.ni.finalize(message, status: status) }
             for get in gets { Self.completeGet(get, status: status, length: 0) }
         }

@@ -264,11 +264,11 @@ final class ConnectionManager: @unchecked Sendable {
             let accept = ConnectAccept(source: context.nid.rawValue, sourceStamp: context.stamp, requesterStamp: request.sourceStamp,
                                        limits: request.limits, destination: request.source)
             let depth = min(context.readDepth, event.initiatorDepth, event.responderResources)
-            try id.accept(ConnectionParameters(privateData: accept.encoded(), responderResources: depth, initiatorDepth: depth,
-                                               retryCount: UInt8(context.tunables.retryCount), rnrRetryCount: UInt8(context.tunables.rnrRetryCount)))
+            // Established before the accept goes out: the peer may send the moment it sees the acceptance.
             byID[ObjectIdentifier(id)] = (id, connection, request.limits)
             connection.established(peerStamp: request.sourceStamp)
-            runtime.adopted(connection)
+            try id.accept(ConnectionParameters(privateData: accept.encoded(), responderResources: depth, initiatorDepth: depth,
+                                               retryCount: UInt8(context.tunables.retryCount), rnrRetryCount: UInt8(context.tunables.rnrRetryCount)))
         } catch {
             logger.warning("cannot accept \(peer): \(error)")
             try? id.reject(privateData: ConnectReject(reason: .noResources, stamp: context.stamp, limits: ours, servedNID: context.nid.rawValue).encoded())

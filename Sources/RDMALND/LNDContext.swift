@@ -13,6 +13,8 @@ final class LNDContext: Sendable {
     let logger: Logger
     let protectionDomain: ProtectionDomain
     let registrar: any Registrar
+    /// Transmit descriptors and interface send credits.
+    let pool: TransmitPool
     /// What this side proposes and accepts at most.
     let localLimits: ConnectionLimits
     /// READs in flight per connection each way (initiator depth / responder resources).
@@ -21,13 +23,14 @@ final class LNDContext: Sendable {
     let counters = LNDCounters()
 
     init(ni: LNetNI, tunables: LNDTunables, stamp: UInt64, logger: Logger, protectionDomain: ProtectionDomain,
-         registrar: any Registrar, readDepth: UInt8, maxScatterGather: Int) {
+         registrar: any Registrar, pool: TransmitPool, readDepth: UInt8, maxScatterGather: Int) {
         self.ni = ni
         self.tunables = tunables
         self.stamp = stamp
         self.logger = logger
         self.protectionDomain = protectionDomain
         self.registrar = registrar
+        self.pool = pool
         self.readDepth = readDepth
         self.maxScatterGather = maxScatterGather
         self.localLimits = ConnectionLimits(

@@ -185,11 +185,14 @@ final class LNDRuntime: @unchecked Sendable {
         let protectionDomain = try ProtectionDomain(context: device)
         let readDepth = UInt8(clamping: min(limits.maxInitiatorDepth, limits.maxResponderResources, 16))
         let stamp = UInt64(Date().timeIntervalSince1970 * 1_000_000_000)
+        let messageSize = WireFormat.maxMessageSize(immediateSize: tunables.immediateSize, maxFragments: tunables.maxFragments)
+        let pool = try TransmitPool(protectionDomain: protectionDomain, count: tunables.ntx, messageSize: messageSize,
+                                    credits: tunables.credits)
         context = LNDContext(ni: ni, tunables: tunables, stamp: stamp, logger: logger, protectionDomain: protectionDomain,
-                             registrar: PerTransferRegistrar(protectionDomain: protectionDomain), readDepth: readDepth,
+                             registrar: PerTransferRegistrar(protectionDomain: protectionDomain), pool: pool, readDepth: readDepth,
                              maxScatterGather: min(limits.maxScatterGather, 16))
         for index in 0..<tunables.effectiveSchedulers {
-            schedulers.append(try Scheduler(index: index, context: device, logger: logger))
+            schedulers.append(try Scheduler(index: index, context: device, logger: logger, partitions: ni.partitions))
         }
         manager = try ConnectionManager(channel: channel, listener: listener, runtime: self)
         try listener.listen()
@@ -203,11 +206,13 @@ final class LNDRuntime: @unchecked Sendable {
 
     var connectionCount: Int { peers.withLock { $0.values.filter { $0.phase != .closed }.count } }
 
-    /// The scheduler of a peer: by the hash of its NID, so one peer's completions stay on one thread.
+    /// The scheduler of a peer: the CPU partition LNet places the peer on (by the hash of its NID), then one of
+    /// that partition's schedulers, so one peer's completions always land on one thread.
     private func scheduler(for peer: NID) -> Scheduler {
-        var hash = peer.rawValue &* 0x9E37_79B9_7F4A_7C15
-        hash ^= hash >> 29
-        return schedulers[Int(hash % UInt64(schedulers.count))]
+        let partition = context.ni.partitions.partition(forPeer: peer)
+        let candidates = schedulers.filter { $0.partition == partition }
+        let pool = candidates.isEmpty ? schedulers : candidates
+        return pool[Int(CPUPartitionTable.mix(peer.rawValue) % UInt64(pool.count))]
     }
 
     /// The connection to `peer`, starting one if there is none.
@@ -245,9 +250,6 @@ final class LNDRuntime: @unchecked Sendable {
             if table[connection.peer] === connection { table[connection.peer] = nil }
         }
     }
-
-    /// An accepted connection is in place.
-    func adopted(_ connection: Connection) {}
 
     /// Decides on a connection request from `peer` (incarnation `stamp`) against the connection we have.
     func admit(peer: NID, stamp: UInt64) -> Admission {

@@ -158,7 +158,9 @@ public final class RegisteredTransfer: @unchecked Sendable {
 /// releases its `RegisteredTransfer`.
 ///
 /// **Keys.** A request is rounded out to whole pages, so nearby buffers share a registration; a request is answered
-/// by any cached registration that contains its pages and has at least its rights.
+/// by any cached registration that contains its pages and has at least its rights. A miss registers the union of
+/// its pages and the cached registrations it overlaps (those with no more rights than it asks for), so the
+/// fragments of one buffer end up under one registration; the overlapped ones go once unused.
 ///
 /// **Bounds.** The cache keeps at most `capacity` bytes registered (whole pages). A registration is in use while
 /// a transfer holds it (a `RegisteredTransfer` or a `MemoryGrant` not yet released); those are never evicted. To
@@ -377,25 +379,33 @@ final class RegistrationTable<Region: CacheableRegistration>: @unchecked Sendabl
             state.withLock { $0.uncached += 1; $0.bytesRegistered += bytes.count }
             return region
         }
-        if let region = state.withLock({ state -> Region? in
+        let lookup = state.withLock { state -> (hit: Region?, merged: (start: UInt, end: UInt)) in
             guard let index = Self.find(start: start, end: end, access: access, in: &state) else {
                 state.misses += 1
-                return nil
+                return (nil, Self.mergedRange(start: start, end: end, access: access, capacity: capacity, in: state))
             }
             state.hits += 1
             state.tick += 1
             state.entries[index].lastUse = state.tick
-            return state.entries[index].region
-        }) {
-            return region
+            return (state.entries[index].region, (start, end))
         }
+        if let hit = lookup.hit { return hit }
 
-        // A miss: register the whole pages outside the lock, then cache it if it fits.
-        let pages = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: start), count: Int(end - start))
-        let fresh = try register(pages, access)
+        // A miss: register whole pages outside the lock (with the cached ranges this one overlaps, so that one
+        // registration serves them all from now on), then cache it if it fits.
+        var range = lookup.merged
+        let fresh: Region
+        do {
+            fresh = try register(Self.buffer(range), access)
+        } catch where range != (start, end) {
+            // The neighbours' pages may not allow this access (read-only memory): register just this request.
+            range = (start, end)
+            fresh = try register(Self.buffer(range), access)
+        }
         var dropped: [Region] = []
         let region = state.withLock { state -> Region in
-            state.bytesRegistered += pages.count
+            let size = Int(range.end - range.start)
+            state.bytesRegistered += size
             // Someone else registered a covering range meanwhile: use theirs, drop ours.
             if let index = Self.find(start: start, end: end, access: access, in: &state) {
                 state.tick += 1
@@ -403,25 +413,37 @@ final class RegistrationTable<Region: CacheableRegistration>: @unchecked Sendabl
                 dropped.append(fresh)
                 return state.entries[index].region
             }
-            let size = pages.count
-            dropped += Self.sweep(&state, all: false)
-            if size <= capacity {
-                dropped += Self.evict(toFit: size, capacity: capacity, in: &state)
+            guard size <= capacity else {
+                state.uncached += 1
+                return fresh
             }
-            guard size <= capacity, state.cachedBytes + size <= capacity else {
+            // Entries the new one covers with at least their rights are superseded: dropped once unused.
+            for index in state.entries.indices {
+                let entry = state.entries[index]
+                if !entry.stale && range.start <= entry.start && entry.end <= range.end && access.isSuperset(of: entry.access) {
+                    state.entries[index].stale = true
+                    state.staleEntries += 1
+                }
+            }
+            dropped += Self.sweep(&state, all: false)
+            dropped += Self.evict(toFit: size, capacity: capacity, in: &state)
+            guard state.cachedBytes + size <= capacity else {
                 state.uncached += 1
                 return fresh
             }
             state.tick += 1
-            let entry = Entry(start: start, end: end, access: access, region: fresh, lastUse: state.tick)
-            let at = Self.firstIndex(startingAfter: start, in: state.entries)
-            state.entries.insert(entry, at: at)
+            let entry = Entry(start: range.start, end: range.end, access: access, region: fresh, lastUse: state.tick)
+            state.entries.insert(entry, at: Self.firstIndex(startingAfter: range.start, in: state.entries))
             state.cachedBytes += size
             state.maxSize = max(state.maxSize, size)
             return fresh
         }
         dropped.removeAll()   // deregistered here, outside the lock
         return region
+    }
+
+    private static func buffer(_ range: (start: UInt, end: UInt)) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: range.start), count: Int(range.end - range.start))
     }
 
     /// Drops cached registrations overlapping `[address, address + length)` (now if unused, else when released).
@@ -448,7 +470,10 @@ final class RegistrationTable<Region: CacheableRegistration>: @unchecked Sendabl
     }
 
     var statistics: RegistrationCacheStatistics {
-        state.withLock { state in
+        var dropped: [Region] = []
+        defer { dropped.removeAll() }
+        return state.withLock { state in
+            dropped = Self.sweep(&state, all: false)
             var inUse = 0
             for index in state.entries.indices where !isKnownUniquelyReferenced(&state.entries[index].region) { inUse += 1 }
             return RegistrationCacheStatistics(
@@ -482,6 +507,17 @@ final class RegistrationTable<Region: CacheableRegistration>: @unchecked Sendabl
             index -= 1
         }
         return nil
+    }
+
+    /// `[start, end)` grown to cover the live entries it overlaps whose rights `access` includes, unless that
+    /// would not fit in the cache.
+    private static func mergedRange(start: UInt, end: UInt, access: MemoryAccess, capacity: Int,
+                                    in state: borrowing State) -> (start: UInt, end: UInt) {
+        var merged = (start: start, end: end)
+        for entry in state.entries where !entry.stale && entry.start < end && start < entry.end && access.isSuperset(of: entry.access) {
+            merged = (min(merged.start, entry.start), max(merged.end, entry.end))
+        }
+        return Int(merged.end - merged.start) <= capacity ? merged : (start, end)
     }
 
     /// Evicts unreferenced entries, least recently used first, until `size` more bytes fit. Returns their regions.

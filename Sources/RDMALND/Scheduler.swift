@@ -1,4 +1,5 @@
 import Foundation
+import LNet
 import Logging
 import Synchronization
 import Verbs
@@ -15,14 +16,24 @@ final class Scheduler: @unchecked Sendable {
     let channel: CompletionChannel
     private let wakePipe: WakePipe
     private let connections = Mutex<[ObjectIdentifier: Connection]>([:])
+    private let kicked = Mutex<[Connection]>([])
     private let running = Atomic<Bool>(true)
     private let finished = Mutex<Bool>(false)
     private let logger: Logger
     /// How long to keep polling after the last completion before going back to sleep.
     private let busyPollWindow: Duration
 
-    init(index: Int, context: DeviceContext, logger: Logger, busyPollWindow: Duration = .microseconds(50)) throws(VerbsError) {
+    /// The CPU partition this scheduler serves (its thread is bound to that partition's CPUs).
+    let partition: Int
+    private let cpus: [Int]
+    private let vectors: Int
+
+    init(index: Int, context: DeviceContext, logger: Logger, partitions: CPUPartitionTable,
+         busyPollWindow: Duration = .microseconds(50)) throws(VerbsError) {
         self.index = index
+        self.partition = index % max(1, partitions.count)
+        self.cpus = partitions.count > 0 ? partitions.cpus[partition] : []
+        self.vectors = max(1, context.completionVectorCount)
         self.channel = try CompletionChannel(context: context)
         self.wakePipe = try WakePipe()
         var logger = logger
@@ -48,6 +59,12 @@ final class Scheduler: @unchecked Sendable {
 
     var connectionCount: Int { connections.withLock { $0.count } }
 
+    /// Asks the thread to poll `connection` even without a completion event.
+    func kick(_ connection: Connection) {
+        kicked.withLock { $0.append(connection) }
+        wake()
+    }
+
     func wake() {
         wakePipe.wake()
     }
@@ -62,8 +79,30 @@ final class Scheduler: @unchecked Sendable {
         }
     }
 
+    /// The completion vector for a peer's CQ: hashed from its NID, like the scheduler.
+    func completionVector(for peer: NID) -> Int {
+        Int(CPUPartitionTable.mix(peer.rawValue ^ 0x5EED) % UInt64(vectors))
+    }
+
+    /// Binds the calling thread to this partition's CPUs (best effort: a failure is logged, not fatal).
+    private func bindToPartition() {
+        guard !cpus.isEmpty else { return }
+        var set = cpu_set_t()
+        withUnsafeMutableBytes(of: &set) { bytes in
+            for cpu in cpus where cpu / 8 < bytes.count { bytes[cpu / 8] |= UInt8(1 << (cpu % 8)) }
+        }
+        // glibc declares sched_setaffinity only under _GNU_SOURCE, which Swift's Glibc module does not see.
+        typealias SetAffinity = @convention(c) (pid_t, Int, UnsafeRawPointer) -> Int32
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sched_setaffinity") else { return }
+        let setAffinity = unsafeBitCast(symbol, to: SetAffinity.self)
+        if withUnsafeBytes(of: &set, { setAffinity(0, $0.count, $0.baseAddress!) }) != 0 {
+            logger.debug("cannot bind to CPUs \(cpus): errno \(errno)")
+        }
+    }
+
     private func run() {
         defer { finished.withLock { $0 = true } }
+        bindToPartition()
         var lastTimers = ContinuousClock.now
         var fds = [pollfd(fd: channel.fileDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: wakePipe.readFD, events: Int16(POLLIN), revents: 0)]
@@ -72,7 +111,10 @@ final class Scheduler: @unchecked Sendable {
             if fds[1].revents != 0 {
                 wakePipe.drain()
             }
-            var ready: [Connection] = []
+            var ready = kicked.withLock { list -> [Connection] in
+                defer { list.removeAll() }
+                return list
+            }
             do {
                 while let queue = try channel.nextEvent() {
                     if let connection = connections.withLock({ $0[ObjectIdentifier(queue)] }) { ready.append(connection) }

@@ -41,6 +41,9 @@ public final class DeviceContext: @unchecked Sendable {
         if owned { ibv_close_device(pointer) }
     }
 
+    /// Completion vectors (interrupt lines) the device offers; a CQ is created on one of them.
+    public var completionVectorCount: Int { Int(pointer.pointee.num_comp_vectors) }
+
     /// The device's limits.
     public func limits() throws(VerbsError) -> DeviceLimits {
         var attr = ibv_device_attr()

@@ -6,7 +6,8 @@ import Glibc
 /// What a memory region allows (`ibv_access_flags`).
 ///
 /// A READ source needs `remoteRead`; a READ sink and any receive buffer need `localWrite`; a WRITE sink needs
-/// `remoteWrite` (which verbs also requires `localWrite` for).
+/// `remoteWrite` (which verbs also requires `localWrite` for). A region that memory windows are bound over needs
+/// `memoryWindowBind` (and `localWrite` if a window grants `remoteWrite`).
 public struct MemoryAccess: OptionSet, Sendable, Hashable, CustomStringConvertible {
     public let rawValue: Int32
     public init(rawValue: Int32) { self.rawValue = rawValue }
@@ -15,6 +16,8 @@ public struct MemoryAccess: OptionSet, Sendable, Hashable, CustomStringConvertib
     public static let remoteWrite = MemoryAccess(rawValue: Int32(IBV_ACCESS_REMOTE_WRITE.rawValue))
     public static let remoteRead = MemoryAccess(rawValue: Int32(IBV_ACCESS_REMOTE_READ.rawValue))
     public static let remoteAtomic = MemoryAccess(rawValue: Int32(IBV_ACCESS_REMOTE_ATOMIC.rawValue))
+    /// Memory windows may be bound over the region (`IBV_ACCESS_MW_BIND`); grants no remote access by itself.
+    public static let memoryWindowBind = MemoryAccess(rawValue: Int32(IBV_ACCESS_MW_BIND.rawValue))
 
     public var description: String {
         var names: [String] = []
@@ -22,6 +25,7 @@ public struct MemoryAccess: OptionSet, Sendable, Hashable, CustomStringConvertib
         if contains(.remoteWrite) { names.append("remote-write") }
         if contains(.remoteRead) { names.append("remote-read") }
         if contains(.remoteAtomic) { names.append("remote-atomic") }
+        if contains(.memoryWindowBind) { names.append("mw-bind") }
         return names.isEmpty ? "local-read" : names.joined(separator: ",")
     }
 }

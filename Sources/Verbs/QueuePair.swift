@@ -206,7 +206,8 @@ public final class QueuePair: @unchecked Sendable {
     public func post(_ requests: [SendWorkRequest]) throws(VerbsError) {
         guard !requests.isEmpty else { return }
         let sgeCount = requests.reduce(0) { $0 + $1.scatterGather.count }
-        let rc: Int32 = withUnsafeTemporaryAllocation(of: ibv_send_wr.self, capacity: requests.count) { wrs in
+        // On failure `posted` is how many requests went in ahead of the one the provider refused.
+        let (rc, posted): (Int32, Int) = withUnsafeTemporaryAllocation(of: ibv_send_wr.self, capacity: requests.count) { wrs in
             withUnsafeTemporaryAllocation(of: ibv_sge.self, capacity: max(1, sgeCount)) { sges in
                 var sgeIndex = 0
                 for (i, request) in requests.enumerated() {
@@ -217,8 +218,13 @@ public final class QueuePair: @unchecked Sendable {
                     (wrs.baseAddress! + i).initialize(to: wr)
                 }
                 var bad: UnsafeMutablePointer<ibv_send_wr>?
-                return ibv_post_send(pointer, wrs.baseAddress, &bad)
+                let rc = ibv_post_send(pointer, wrs.baseAddress, &bad)
+                return (rc, rc == 0 ? requests.count : bad.map { $0 - wrs.baseAddress! } ?? 0)
             }
+        }
+        // A window bound by a posted request has the binding's key from now on (the next bind must name it).
+        for request in requests.prefix(posted) {
+            if case .bindMemoryWindow(let binding) = request.operation { binding.window.didPostBind(binding) }
         }
         try VerbsError.check("ibv_post_send", rc, detail: "\(requests.count) work requests")
     }

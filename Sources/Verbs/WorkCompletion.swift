@@ -26,7 +26,7 @@ public struct WorkCompletionStatus: Hashable, Sendable, CustomStringConvertible 
 
 /// What a successful work completion finished (`ibv_wc_opcode`). Not meaningful for a failed one.
 public enum WorkCompletionOpcode: Hashable, Sendable {
-    case send, rdmaWrite, rdmaRead, receive, receiveWithImmediate, other(UInt32)
+    case send, rdmaWrite, rdmaRead, receive, receiveWithImmediate, bindMemoryWindow, localInvalidate, other(UInt32)
 
     init(_ raw: ibv_wc_opcode) {
         switch raw {
@@ -35,6 +35,8 @@ public enum WorkCompletionOpcode: Hashable, Sendable {
         case IBV_WC_RDMA_READ: self = .rdmaRead
         case IBV_WC_RECV: self = .receive
         case IBV_WC_RECV_RDMA_WITH_IMM: self = .receiveWithImmediate
+        case IBV_WC_BIND_MW: self = .bindMemoryWindow
+        case IBV_WC_LOCAL_INV: self = .localInvalidate
         default: self = .other(raw.rawValue)
         }
     }

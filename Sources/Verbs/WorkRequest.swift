@@ -1,13 +1,20 @@
 import CShims
 
-/// A send-queue work request: SEND, SEND with immediate, RDMA WRITE (with or without immediate), RDMA READ.
+/// A send-queue work request: SEND (with immediate or invalidate), RDMA WRITE (with or without immediate),
+/// RDMA READ, and the local memory-window operations bind and invalidate.
 public struct SendWorkRequest: Sendable {
     public enum Operation: Sendable, Hashable {
         case send
         case sendWithImmediate(UInt32)
+        /// A SEND that also invalidates `rkey` (a type 2 memory window's key) at the receiver.
+        case sendWithInvalidate(rkey: UInt32)
         case rdmaWrite(remoteAddress: UInt64, rkey: UInt32)
         case rdmaWriteWithImmediate(remoteAddress: UInt64, rkey: UInt32, immediate: UInt32)
         case rdmaRead(remoteAddress: UInt64, rkey: UInt32)
+        /// Binds a type 2 memory window (no scatter/gather list). The window takes the binding's rkey once posted.
+        case bindMemoryWindow(MemoryWindowBinding)
+        /// Invalidates a memory window's rkey on this side (no scatter/gather list).
+        case localInvalidate(rkey: UInt32)
     }
 
     /// Comes back as `WorkCompletion.id`.
@@ -63,6 +70,19 @@ public struct SendWorkRequest: Sendable {
             wr.opcode = IBV_WR_RDMA_READ
             wr.wr.rdma.remote_addr = address
             wr.wr.rdma.rkey = rkey
+        case .sendWithInvalidate(let rkey):
+            wr.opcode = IBV_WR_SEND_WITH_INV
+            wr.invalidate_rkey = rkey
+        case .bindMemoryWindow(let binding):
+            wr.opcode = IBV_WR_BIND_MW
+            wr.bind_mw.mw = binding.window.pointer
+            wr.bind_mw.rkey = binding.rkey
+            wr.bind_mw.bind_info = ibv_mw_bind_info(mr: binding.region.pointer, addr: binding.address,
+                                                    length: UInt64(binding.length),
+                                                    mw_access_flags: UInt32(bitPattern: binding.access.rawValue))
+        case .localInvalidate(let rkey):
+            wr.opcode = IBV_WR_LOCAL_INV
+            wr.invalidate_rkey = rkey
         }
     }
 }
