@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build and the test bed need, only those missing.
+# Usage: scripts/install-deps.sh [--vm]   (--vm adds what the SoftRoCE VM and perftest need)
+set -euo pipefail
+
+packages=(libibverbs-dev librdmacm-dev ibverbs-providers rdma-core python3)
+if [[ "${1:-}" == "--vm" ]]; then
+    packages+=(qemu-system-x86 busybox-static kmod cpio iproute2 ibverbs-utils rdmacm-utils perftest xz-utils)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "install-deps: installing ${missing[*]}" >&2
+    sudo_cmd=()
+    [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
