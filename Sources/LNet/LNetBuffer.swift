@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -53,8 +54,13 @@ public final class LNetBuffer: @unchecked Sendable {
     }
 
     deinit {
+        LNetBuffer.releaseObservers.notify(baseAddress, count)
         free(baseAddress)
     }
+
+    /// Observers told when an `LNetBuffer`'s memory is about to be freed, such as an LND's memory registration
+    /// cache, which must forget the pages before the allocator can hand the address to someone else.
+    public static let releaseObservers = MemoryReleaseObservers()
 
     /// The whole buffer as a raw buffer pointer.
     public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: baseAddress, count: count) }
@@ -83,5 +89,29 @@ public final class LNetBuffer: @unchecked Sendable {
     /// Sets every byte to `value`.
     public func fill(_ value: UInt8) {
         memset(baseAddress, Int32(value), count)
+    }
+}
+
+/// Callbacks run (on the freeing thread, before the memory is freed) for every `LNetBuffer` released.
+public final class MemoryReleaseObservers: Sendable {
+    private let observers = Mutex<[UInt64: @Sendable (UnsafeMutableRawPointer, Int) -> Void]>([:])
+    private let nextToken = Atomic<UInt64>(1)
+    private let count = Atomic<Int>(0)
+
+    /// Adds an observer; keep the token to remove it.
+    public func add(_ observer: @escaping @Sendable (UnsafeMutableRawPointer, Int) -> Void) -> UInt64 {
+        let token = nextToken.add(1, ordering: .relaxed).oldValue
+        observers.withLock { $0[token] = observer }
+        count.add(1, ordering: .releasing)
+        return token
+    }
+
+    public func remove(_ token: UInt64) {
+        if observers.withLock({ $0.removeValue(forKey: token) }) != nil { count.subtract(1, ordering: .releasing) }
+    }
+
+    func notify(_ base: UnsafeMutableRawPointer, _ length: Int) {
+        guard count.load(ordering: .acquiring) > 0 else { return }
+        for observer in observers.withLock({ Array($0.values) }) { observer(base, length) }
     }
 }

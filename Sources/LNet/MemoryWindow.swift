@@ -82,6 +82,10 @@ public struct LNetMDWindow: @unchecked Sendable {
     /// The MD's total length.
     public var mdLength: Int { storage.length }
 
+    /// Whether all of the MD's memory lives in `LNetBuffer`s (whose release LNet announces through
+    /// `LNetBuffer.releaseObservers`), as opposed to caller-owned memory that may be freed unannounced.
+    public var isBufferBacked: Bool { !storage.fragments.isEmpty && storage.owners.count == storage.fragments.count }
+
     /// The pieces of memory covering exactly `[offset, offset + length)`, in order.
     public var segments: [UnsafeMutableRawBufferPointer] {
         var result: [UnsafeMutableRawBufferPointer] = []

@@ -267,13 +267,13 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
                                  deadline: deadline), &actions)
             case .put:
                 let pull = context.tunables.putMode == .pull
-                let grant = pull ? try context.registrar.grant(message.payload.segments, access: [.remoteRead]) : nil
+                let grant = pull ? try context.registrar.grant(message.payload, access: [.remoteRead]) : nil
                 startTransaction(kind: .putSource, message: message, grant: grant, deadline: deadline, &actions) { cookie in
                     .putRequest(lnet: lnet, cookie: cookie, source: grant?.descriptor ?? RDMADescriptor())
                 }
             case .get:
                 let sink = message.sink ?? .empty
-                let grant = sink.length > 0 ? try context.registrar.grant(sink.segments, access: [.localWrite, .remoteWrite]) : nil
+                let grant = sink.length > 0 ? try context.registrar.grant(sink, access: [.localWrite, .remoteWrite]) : nil
                 startTransaction(kind: .getRequester, message: message, grant: grant, deadline: deadline, &actions) { cookie in
                     .getRequest(lnet: lnet, cookie: cookie, sink: grant?.descriptor ?? RDMADescriptor())
                 }
@@ -337,7 +337,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         let pull = !source.fragments.isEmpty
         do {
             let access: MemoryAccess = pull ? [.localWrite] : [.localWrite, .remoteWrite]
-            let grant = window.length > 0 ? try context.registrar.grant(window.segments, access: access) : nil
+            let grant = window.length > 0 ? try context.registrar.grant(window, access: access) : nil
             state.withLock { state in
                 guard state.phase == .established else {
                     grant?.revoke()
@@ -400,7 +400,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         }
         let pull = length > eagerLimit && context.tunables.getMode == .pull
         do {
-            let grant = length > 0 ? try context.registrar.grant(reply.payload.segments, access: pull ? [.remoteRead] : []) : nil
+            let grant = length > 0 ? try context.registrar.grant(reply.payload, access: pull ? [.remoteRead] : []) : nil
             state.withLock { state in
                 guard state.phase == .established else {
                     grant?.revoke()
@@ -836,7 +836,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             transaction.peerCookie = sinkCookie
             guard let message = transaction.message else { return }
             do {
-                transaction.grant = try context.registrar.grant(message.payload.segments, access: [])
+                transaction.grant = try context.registrar.grant(message.payload, access: [])
             } catch {
                 state.replies.append(Outgoing(body: .putDone(cookie: sinkCookie, status: Int32(LNetStatus.noResources.rawValue), length: 0),
                                               credited: false, deadline: transaction.deadline))

@@ -12,7 +12,7 @@ final class LNDContext: Sendable {
     let stamp: UInt64
     let logger: Logger
     let protectionDomain: ProtectionDomain
-    let registrar: any Registrar
+    let registrar: LNDRegistrar
     /// Transmit descriptors and interface send credits.
     let pool: TransmitPool
     /// What this side proposes and accepts at most.
@@ -23,7 +23,7 @@ final class LNDContext: Sendable {
     let counters = LNDCounters()
 
     init(ni: LNetNI, tunables: LNDTunables, stamp: UInt64, logger: Logger, protectionDomain: ProtectionDomain,
-         registrar: any Registrar, pool: TransmitPool, readDepth: UInt8, maxScatterGather: Int) {
+         registrar: LNDRegistrar, pool: TransmitPool, readDepth: UInt8, maxScatterGather: Int) {
         self.ni = ni
         self.tunables = tunables
         self.stamp = stamp

@@ -1,3 +1,4 @@
+import LNet
 import Verbs
 
 /// Memory reachable by the NIC for one transfer: local keys for our own work requests and, when remote access
@@ -27,6 +28,42 @@ protocol Registrar: Sendable {
     /// Registers `segments` with `access` (local write for a READ sink, remote read for a pull source,
     /// remote write for a push sink). The caller keeps the memory alive until the grant is revoked.
     func grant(_ segments: [UnsafeMutableRawBufferPointer], access: MemoryAccess) throws(VerbsError) -> MemoryGrant
+}
+
+/// The LND's registrar: local access to `LNetBuffer` memory comes from the registration cache (which LNet tells
+/// when a buffer is freed, so a reused address never hits a stale registration); remote access, and any memory
+/// the caller owns, is registered for the one transfer and deregistered when it ends.
+final class LNDRegistrar: Registrar, @unchecked Sendable {
+    let cache: RegistrationCache
+    let direct: PerTransferRegistrar
+    private let token: UInt64
+
+    init(protectionDomain: ProtectionDomain, tunables: LNDTunables) {
+        let cache = RegistrationCache(protectionDomain: protectionDomain, tunables: tunables)
+        self.cache = cache
+        self.direct = PerTransferRegistrar(protectionDomain: protectionDomain)
+        self.token = LNetBuffer.releaseObservers.add { base, length in
+            cache.invalidate(address: UnsafeRawPointer(base), length: length)
+        }
+    }
+
+    deinit {
+        LNetBuffer.releaseObservers.remove(token)
+        cache.purge()
+    }
+
+    func grant(_ segments: [UnsafeMutableRawBufferPointer], access: MemoryAccess) throws(VerbsError) -> MemoryGrant {
+        try direct.grant(segments, access: access)
+    }
+
+    /// Grants access to a window of an MD, through the cache when that is safe.
+    func grant(_ window: LNetMDWindow, access: MemoryAccess) throws(VerbsError) -> MemoryGrant {
+        let remote = !access.isDisjoint(with: [.remoteRead, .remoteWrite, .remoteAtomic])
+        if window.isBufferBacked && !remote && cache.capacity > 0 {
+            return try cache.grant(window.segments, access: access)
+        }
+        return try direct.grant(window.segments, access: access)
+    }
 }
 
 /// Registers every transfer's memory afresh and deregisters it when the transfer ends.

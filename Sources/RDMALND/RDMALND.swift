@@ -137,6 +137,11 @@ public final class RDMALND: LNetLND {
         runtime.withLock { $0?.context.counters.snapshot }
     }
 
+    /// The registration cache's figures (zero before start-up).
+    public var registrationStatistics: RegistrationCacheStatistics? {
+        runtime.withLock { $0?.context.registrar.cache.statistics }
+    }
+
     /// Connections currently in the peer table, by peer.
     public var connectionCount: Int {
         runtime.withLock { $0?.connectionCount ?? 0 }
@@ -189,7 +194,7 @@ final class LNDRuntime: @unchecked Sendable {
         let pool = try TransmitPool(protectionDomain: protectionDomain, count: tunables.ntx, messageSize: messageSize,
                                     credits: tunables.credits)
         context = LNDContext(ni: ni, tunables: tunables, stamp: stamp, logger: logger, protectionDomain: protectionDomain,
-                             registrar: PerTransferRegistrar(protectionDomain: protectionDomain), pool: pool, readDepth: readDepth,
+                             registrar: LNDRegistrar(protectionDomain: protectionDomain, tunables: tunables), pool: pool, readDepth: readDepth,
                              maxScatterGather: min(limits.maxScatterGather, 16))
         for index in 0..<tunables.effectiveSchedulers {
             schedulers.append(try Scheduler(index: index, context: device, logger: logger, partitions: ni.partitions))

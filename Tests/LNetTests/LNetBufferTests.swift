@@ -1,3 +1,4 @@
+import Synchronization
 import Testing
 
 @testable import LNet
@@ -22,5 +23,17 @@ import Testing
         #expect(buffer.read() == [7, 7, 7, 7])
         #expect(try LNetBuffer(count: 0).read() == [])
         #expect(throws: LNetError.self) { try LNetBuffer(count: -1) }
+    }
+
+    @Test func releaseObserversHearOfFreedBuffers() throws {
+        let seen = Mutex<[(UInt, Int)]>([])
+        let token = LNetBuffer.releaseObservers.add { base, length in seen.withLock { $0.append((UInt(bitPattern: base), length)) } }
+        defer { LNetBuffer.releaseObservers.remove(token) }
+        var address: UInt = 0
+        do {
+            let buffer = try LNetBuffer(count: 12345)
+            address = UInt(bitPattern: buffer.baseAddress)
+        }
+        #expect(seen.withLock { $0.contains { $0.0 == address && $0.1 == 12345 } })
     }
 }

@@ -43,8 +43,10 @@ import Testing
         let producer = s.makeProducer()
         let start = ContinuousClock.now
         for index in 0..<3 { producer.submit(Work(peer: 1, sequence: index)) }
-        #expect(await eventually(timeout: .seconds(2)) { handled.load(ordering: .relaxed) == 3 })
-        #expect(ContinuousClock.now - start < .milliseconds(500))
+        // Never flushed: only the 5 ms bound can hand the partial batch over. The wall-clock check is loose
+        // because CI machines are loaded (2 cores shared with builds and a VM).
+        #expect(await eventually(timeout: .seconds(5)) { handled.load(ordering: .relaxed) == 3 })
+        #expect(ContinuousClock.now - start < .seconds(3))
         #expect(s.statistics.partialHandoffs >= 1)
     }
 

@@ -67,6 +67,29 @@ import Testing
         #expect(get.status == .ok && get.offset == 512)
     }
 
+    /// Repeated transfers of the same buffers reuse their registrations; a freed buffer's pages are forgotten.
+    @Test func repeatedTransfersHitTheRegistrationCache() async throws {
+        let (server, client) = try LNDNode.pair { $0.putMode = .pull; $0.immediateSize = 1024 }
+        defer { client.shutdown(); server.shutdown() }
+        let sink = try LNetBuffer(count: 256 << 10)
+        _ = try server.lnet.attach(MatchEntry(portal: 8, matchBits: 3),
+                                   descriptor: MemoryDescriptor(storage: .buffer(sink), threshold: .infinite, options: [.put, .manageRemote]))
+        let source = try patterned(256 << 10, seed: 4)
+        for _ in 0..<5 {
+            let eq = EventQueue()
+            let md = try client.lnet.bind(MemoryDescriptor(storage: .buffer(source), threshold: .count(2), eventQueue: eq))
+            try client.lnet.put(md, to: server.id, portal: 8, matchBits: 3, ackRequested: true)
+            let send = try await expectEvent(.send, on: eq)
+            #expect(send.status == .ok, "\(send)")
+            let ack = try await expectEvent(.ack, on: eq)
+            #expect(ack.status == .ok, "\(ack)")
+        }
+        #expect(same(sink, 0, source, 0, length: 256 << 10))
+        // The server READs into its sink: registered once, then found in the cache.
+        let stats = try #require(server.lnd.registrationStatistics)
+        #expect(stats.misses >= 1 && stats.hits >= 4, "\(stats)")
+    }
+
     @Test func getWithNoMatchFailsPromptly() async throws {
         let (server, client) = try LNDNode.pair()
         defer { client.shutdown(); server.shutdown() }
