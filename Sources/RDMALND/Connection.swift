@@ -183,8 +183,10 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         try cq.requestNotification()
     }
 
-    /// The handshake is done: traffic may flow, starting with the messages that waited for it.
-    func established(peerStamp: UInt64) {
+    /// The handshake is done: traffic may flow, starting with the messages that waited for it. The passive
+    /// side calls this before `rdma_accept` with `sending: false` (receives may arrive as soon as the peer sees
+    /// the acceptance, but nothing may be posted until the QP is ready to send), then `startSending()`.
+    func established(peerStamp: UInt64, sending: Bool = true) {
         let proceed = state.withLock { state -> Bool? in
             guard state.phase == .connecting else { return nil }
             state.phase = .established
@@ -198,7 +200,13 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         logger.debug("established", metadata: ["limits": "\(resources?.limits.description ?? "-")"])
         // Receives that came early are handled by the scheduler thread, in order, before anything newer.
         if hasEarly { scheduler.kick(self) }
+        if sending { drainWaiting() }
+    }
+
+    /// The passive side's QP is ready to send (after `rdma_accept`): post what waited.
+    func startSending() {
         drainWaiting()
+        wake()
     }
 
     /// Sends the waiting messages in order; sends arriving meanwhile queue behind them.

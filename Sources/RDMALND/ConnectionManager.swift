@@ -266,9 +266,10 @@ final class ConnectionManager: @unchecked Sendable {
             let depth = min(context.readDepth, event.initiatorDepth, event.responderResources)
             // Established before the accept goes out: the peer may send the moment it sees the acceptance.
             byID[ObjectIdentifier(id)] = (id, connection, request.limits)
-            connection.established(peerStamp: request.sourceStamp)
+            connection.established(peerStamp: request.sourceStamp, sending: false)
             try id.accept(ConnectionParameters(privateData: accept.encoded(), responderResources: depth, initiatorDepth: depth,
                                                retryCount: UInt8(context.tunables.retryCount), rnrRetryCount: UInt8(context.tunables.rnrRetryCount)))
+            connection.startSending()
         } catch {
             logger.warning("cannot accept \(peer): \(error)")
             try? id.reject(privateData: ConnectReject(reason: .noResources, stamp: context.stamp, limits: ours, servedNID: context.nid.rawValue).encoded())
