@@ -164,10 +164,12 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         let messageSize = Int(limits.maxMessageSize)
         let cq = try CompletionQueue(context: deviceContext, capacity: sendLimit + rdmaBudget + receiveSlots,
                                      channel: scheduler.channel, vector: scheduler.completionVector(for: peer))
-        let qp = try id.createQueuePair(
+        // Our own QP (not rdma_cm's), so the path MTU can be set (LND_IB_MTU) on the way to RTR.
+        let qp = try QueuePair(
             protectionDomain: context.protectionDomain, sendQueue: cq, receiveQueue: cq,
             capabilities: QueuePairCapabilities(maxSendWorkRequests: sendLimit + rdmaBudget, maxReceiveWorkRequests: receiveSlots,
                                                 maxSendScatterGather: context.maxScatterGather, maxReceiveScatterGather: 1))
+        try id.transition(qp, to: .initialized)
         let receiveBuffers = try MemoryRegion(protectionDomain: context.protectionDomain, length: receiveSlots * messageSize,
                                               access: [.localWrite])
         try qp.post((0..<receiveSlots).map {
@@ -981,14 +983,38 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         }
         state.transactions.removeAll()
         let id = state.resources?.id
+        let queuePair = state.resources?.queuePair
         let drained = state.posted.isEmpty
         let manager = scheduler
         actions.add { [self] in
+            // The QP is ours, not rdma_cm's: flush it ourselves, then tell the peer.
+            try? queuePair?.moveToError()
             if let id { try? id.disconnect() }
             // Posted sends still own transmit descriptors: keep polling until the flush returns them.
             if drained { manager.closed(self) }
             for message in messages { message.ni.finalize(message, status: status) }
             for get in gets { Self.completeGet(get, status: status, length: 0) }
+        }
+    }
+
+    /// Moves the QP to RTR and RTS with rdma_cm's attributes and the LND_IB_MTU override.
+    func readyQueuePair() throws(VerbsError) {
+        guard let resources else { throw VerbsError(call: "readyQueuePair", errno: 22, detail: "no queue pair") }
+        let mtu = PathMTU(bytes: context.tunables.ibMTU)
+        // INIT again first: the remote access rights depend on the READ depth both sides agreed on, which the
+        // active side did not know when it first moved the QP to INIT (librdmacm does the same).
+        try resources.id.transition(resources.queuePair, to: .initialized)
+        try resources.id.transition(resources.queuePair, to: .readyToReceive, pathMTU: mtu)
+        try resources.id.transition(resources.queuePair, to: .readyToSend)
+    }
+
+    /// What `lnetctl` shows of a connection.
+    var info: LNDConnectionInfo {
+        state.withLock { state in
+            LNDConnectionInfo(peer: peer, role: role.rawValue, phase: "\(state.phase)",
+                              queueDepth: Int(state.resources?.limits.queueDepth ?? 0),
+                              pathMTU: (try? state.resources?.queuePair.pathMTU())??.rawValue,
+                              credits: state.credits.available, pending: state.waiting.count + state.queue.count + state.transactions.count)
         }
     }
 

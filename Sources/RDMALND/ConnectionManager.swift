@@ -137,23 +137,36 @@ final class ConnectionManager: @unchecked Sendable {
             guard connection.phase == .connecting else { return }
             do {
                 try connection.attach(id: id, limits: limits)
+                guard let queuePair = connection.resources?.queuePair else { return }
                 let request = ConnectRequest(source: context.nid.rawValue, sourceStamp: context.stamp,
                                              destination: connection.peer.rawValue, limits: limits)
                 try id.connect(ConnectionParameters(privateData: request.encoded(), responderResources: context.readDepth,
                                                     initiatorDepth: context.readDepth, retryCount: UInt8(context.tunables.retryCount),
-                                                    rnrRetryCount: UInt8(context.tunables.rnrRetryCount)))
+                                                    rnrRetryCount: UInt8(context.tunables.rnrRetryCount)),
+                               queuePair: queuePair)
             } catch {
                 fail(connection, "connect failed: \(error)", status: .unreachable)
             }
-        case .established:
+        case .connectResponse:
+            // Accepted: check the acceptance, bring our QP to RTS, and complete the handshake.
             guard connection.phase == .connecting else { return }
             guard let accept = try? ConnectAccept.decode(event.privateData), accept.source == connection.peer.rawValue,
                   accept.requesterStamp == context.stamp, accept.limits == limits else {
                 context.counters.bump(.protocolErrors)
+                try? id.reject(privateData: ConnectReject(reason: .malformed, stamp: context.stamp, limits: context.localLimits,
+                                                          servedNID: context.nid.rawValue).encoded())
                 fail(connection, "malformed or mismatched connection acceptance", status: .protocolError)
                 return
             }
-            connection.established(peerStamp: accept.sourceStamp)
+            do {
+                try connection.readyQueuePair()
+                try id.establish()
+                connection.established(peerStamp: accept.sourceStamp)
+            } catch {
+                fail(connection, "completing the connection failed: \(error)", status: .unreachable)
+            }
+        case .established:
+            break
         case .rejected:
             byID[key] = nil
             handleReject(event, connection: connection, limits: limits)
@@ -266,9 +279,12 @@ final class ConnectionManager: @unchecked Sendable {
             let depth = min(context.readDepth, event.initiatorDepth, event.responderResources)
             // Established before the accept goes out: the peer may send the moment it sees the acceptance.
             byID[ObjectIdentifier(id)] = (id, connection, request.limits)
+            try connection.readyQueuePair()
+            guard let queuePair = connection.resources?.queuePair else { throw VerbsError(call: "accept", errno: 22) }
             connection.established(peerStamp: request.sourceStamp, sending: false)
             try id.accept(ConnectionParameters(privateData: accept.encoded(), responderResources: depth, initiatorDepth: depth,
-                                               retryCount: UInt8(context.tunables.retryCount), rnrRetryCount: UInt8(context.tunables.rnrRetryCount)))
+                                               retryCount: UInt8(context.tunables.retryCount), rnrRetryCount: UInt8(context.tunables.rnrRetryCount)),
+                          queuePair: queuePair)
             connection.startSending()
         } catch {
             logger.warning("cannot accept \(peer): \(error)")

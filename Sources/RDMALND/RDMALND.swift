@@ -142,6 +142,11 @@ public final class RDMALND: LNetLND {
         runtime.withLock { $0?.context.registrar.cache.statistics }
     }
 
+    /// The connections in the peer table.
+    public var connections: [LNDConnectionInfo] {
+        runtime.withLock { $0?.connectionInfos ?? [] }
+    }
+
     /// Connections currently in the peer table, by peer.
     public var connectionCount: Int {
         runtime.withLock { $0?.connectionCount ?? 0 }
@@ -210,6 +215,8 @@ final class LNDRuntime: @unchecked Sendable {
     }
 
     var connectionCount: Int { peers.withLock { $0.values.filter { $0.phase != .closed }.count } }
+
+    var connectionInfos: [LNDConnectionInfo] { peers.withLock { Array($0.values) }.map(\.info) }
 
     /// The scheduler of a peer: the CPU partition LNet places the peer on (by the hash of its NID), then one of
     /// that partition's schedulers, so one peer's completions always land on one thread.
@@ -310,4 +317,16 @@ final class LNDRuntime: @unchecked Sendable {
         manager.stop()
         for scheduler in schedulers { scheduler.stop() }
     }
+}
+
+/// One connection as `lnetctl` shows it.
+public struct LNDConnectionInfo: Sendable, Hashable {
+    public var peer: NID
+    public var role: String
+    public var phase: String
+    public var queueDepth: Int
+    /// The QP's path MTU in bytes (LND_IB_MTU, or the port's).
+    public var pathMTU: Int?
+    public var credits: Int
+    public var pending: Int
 }

@@ -25,7 +25,7 @@ public struct ConnectionParameters: Sendable, Hashable {
         self.rnrRetryCount = rnrRetryCount
     }
 
-    func withRaw<R>(_ body: (inout rdma_conn_param) -> R) -> R {
+    func withRaw<R>(queuePairNumber: UInt32? = nil, _ body: (inout rdma_conn_param) -> R) -> R {
         privateData.withUnsafeBytes { data in
             var raw = rdma_conn_param()
             raw.private_data = data.isEmpty ? nil : data.baseAddress
@@ -35,6 +35,7 @@ public struct ConnectionParameters: Sendable, Hashable {
             raw.flow_control = 1
             raw.retry_count = min(retryCount, 7)
             raw.rnr_retry_count = min(rnrRetryCount, 7)
+            if let queuePairNumber { raw.qp_num = queuePairNumber }
             return body(&raw)
         }
     }
@@ -145,6 +146,52 @@ public final class CMID: @unchecked Sendable {
         }
         let rc = parameters.withRaw { rdma_accept(pointer, &$0) }
         try VerbsError.check("rdma_accept", rc)
+    }
+
+    // MARK: A queue pair of our own
+
+    /// Moves `queuePair` (made with `QueuePair.init`, not `createQueuePair`) to `state` with the attributes
+    /// rdma_cm computed for this id (`rdma_init_qp_attr`): the way to use a QP rdma_cm does not manage, e.g.
+    /// to lower the path MTU. `INIT` after route resolution or a connect request; `RTR` and `RTS` after a
+    /// connect request (passive) or the connect response (active).
+    public func transition(_ queuePair: QueuePair, to state: QueuePairState, pathMTU: PathMTU? = nil) throws(VerbsError) {
+        var attr = ibv_qp_attr()
+        switch state {
+        case .initialized: attr.qp_state = IBV_QPS_INIT
+        case .readyToReceive: attr.qp_state = IBV_QPS_RTR
+        case .readyToSend: attr.qp_state = IBV_QPS_RTS
+        default: throw VerbsError(call: "rdma_init_qp_attr", errno: EINVAL, detail: "state \(state)")
+        }
+        var mask: Int32 = 0
+        try VerbsError.check("rdma_init_qp_attr", rdma_init_qp_attr(pointer, &attr, &mask), detail: "to \(state)")
+        if state == .readyToReceive, let pathMTU, pathMTU.raw.rawValue < attr.path_mtu.rawValue {
+            attr.path_mtu = pathMTU.raw
+        }
+        try VerbsError.check("ibv_modify_qp", ibv_modify_qp(queuePair.pointer, &attr, mask), detail: "to \(state)")
+    }
+
+    /// Connects with our own queue pair (its number goes in the request); `.connectResponse` follows, then
+    /// move the QP to RTR and RTS and call `establish()`.
+    public func connect(_ parameters: ConnectionParameters, queuePair: QueuePair) throws(VerbsError) {
+        guard parameters.privateData.count <= Int(CShims_RDMA_CM_CONNECT_PRIVATE_DATA_MAX) else {
+            throw VerbsError(call: "rdma_connect", errno: EINVAL, detail: "private data over \(CShims_RDMA_CM_CONNECT_PRIVATE_DATA_MAX) bytes")
+        }
+        let rc = parameters.withRaw(queuePairNumber: queuePair.number) { rdma_connect(pointer, &$0) }
+        try VerbsError.check("rdma_connect", rc)
+    }
+
+    /// Accepts with our own queue pair, already moved to RTS.
+    public func accept(_ parameters: ConnectionParameters, queuePair: QueuePair) throws(VerbsError) {
+        guard parameters.privateData.count <= Int(CShims_RDMA_CM_ACCEPT_PRIVATE_DATA_MAX) else {
+            throw VerbsError(call: "rdma_accept", errno: EINVAL, detail: "private data over \(CShims_RDMA_CM_ACCEPT_PRIVATE_DATA_MAX) bytes")
+        }
+        let rc = parameters.withRaw(queuePairNumber: queuePair.number) { rdma_accept(pointer, &$0) }
+        try VerbsError.check("rdma_accept", rc)
+    }
+
+    /// Completes an active connect made with our own queue pair (sends the RTU); `.established` follows.
+    public func establish() throws(VerbsError) {
+        try VerbsError.check("rdma_establish", rdma_establish(pointer))
     }
 
     /// Rejects a connect request, telling the peer why in `privateData` (at most 148 bytes).

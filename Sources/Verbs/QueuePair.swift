@@ -133,6 +133,14 @@ public final class QueuePair: @unchecked Sendable {
         return QueuePairState(attr.qp_state)
     }
 
+    /// The path MTU the QP uses (set on the way to RTR).
+    public func pathMTU() throws(VerbsError) -> PathMTU? {
+        var attr = ibv_qp_attr()
+        var initAttr = ibv_qp_init_attr()
+        try VerbsError.check("ibv_query_qp", ibv_query_qp(pointer, &attr, Int32(IBV_QP_PATH_MTU.rawValue), &initAttr))
+        return PathMTU(attr.path_mtu)
+    }
+
     private func modify(_ attr: inout ibv_qp_attr, _ mask: ibv_qp_attr_mask, to state: String) throws(VerbsError) {
         try VerbsError.check("ibv_modify_qp", ibv_modify_qp(pointer, &attr, Int32(bitPattern: mask.rawValue)), detail: "to \(state)")
     }

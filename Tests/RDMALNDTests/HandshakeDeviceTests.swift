@@ -36,6 +36,19 @@ import Testing
         #expect(client.lnd.counters?.reconnects == 1)
     }
 
+    /// LND_IB_MTU lowers the path MTU of the connection's queue pair; 0 keeps the port's (1024 on rxe over a
+    /// 1500-byte netdev).
+    @Test(arguments: [0, 512, 256])
+    func pathMTUFollowsTheTunable(mtu: Int) async throws {
+        let (server, client) = try LNDNode.pair { $0.ibMTU = mtu }
+        defer { client.shutdown(); server.shutdown() }
+        #expect(try await putAndAck(client, server, size: 256 << 10))
+        for node in [client, server] {
+            let info = try #require(node.lnd.connections.first)
+            #expect(info.pathMTU == (mtu == 0 ? 1024 : mtu), "\(info)")
+        }
+    }
+
     @Test func checksummedTrafficFlows() async throws {
         let (server, client) = try LNDNode.pair { $0.checksum = true; $0.immediateSize = 4096 }
         defer { client.shutdown(); server.shutdown() }
