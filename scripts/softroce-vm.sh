@@ -12,7 +12,7 @@
 #   - COMMAND runs as root in the caller's working directory, with stdin from /dev/null;
 #   - a veth pair v0/v1 (both up) carries 192.0.2.1/24 and 192.0.2.2/24 on v0 (the two test nodes) and
 #     192.0.2.3/24 (a third party, e.g. a hand-driven peer in malformed-message tests); rxe0 sits on v0
-#     (GID index 1 and 2 are the IPv4-mapped RoCEv2 GIDs; perftest needs "-x 1"); the VM has no NIC at all;
+#     (GID indexes 1-3 are the IPv4-mapped RoCEv2 GIDs; perftest needs "-x 1"); the VM has no NIC at all;
 #   - net.ipv4.conf.all.accept_local=1 (rdma_cm to a local address), "ulimit -l unlimited", /dev/infiniband/*,
 #     /proc, /sys, /dev/pts, /dev/shm and a tmpfs /tmp (unless the repository or the caller's directory is there);
 #   - environment: the caller's PATH, HOME, TERM and every variable whose name starts with LND_, LNET_, SWIFT_,
@@ -48,7 +48,10 @@
 # QEMU writes to files in the per-run folder, which "tail -f" streams here (byte-exact, no tty, no CR/LF games);
 # the kernel console goes to console.log there. The guest writes COMMAND's status into the per-run folder and
 # powers off. Notes: writes outside the repository land in tmpfs and are lost; the host's /tmp is not visible
-# unless the caller's directory is under it; stdin is /dev/null.
+# unless the caller's directory is under it; stdin is /dev/null. When the host is busy, latency figures turn
+# bimodal (perftest "typical" ~4000 us = one 250 Hz tick; likely rxe's softirq work deferred to ksoftirqd behind
+# a busy-polling process), and servers started with "& sleep 1" may not listen yet; compare figures only from
+# runs on a quiet machine.
 #
 # Exit status: COMMAND's; 124 if SOFTROCE_VM_TIMEOUT expired; 125 if the harness failed (VM did not boot, kernel
 # panic, rxe0 did not come up, ...) - then the reason and the tail of the console log are printed on stderr;
@@ -141,8 +144,19 @@ fail() {
     printf '%s\n' "$*" >"$R/error"
     finish
 }
-# A host program in the host root. (Through the host's sh: busybox's chroot would prefer its own applets.)
-host() { env -i PATH="$HOSTPATH" /bin/chroot "$N" /bin/sh -c 'exec "$@"' sh "$@"; }
+# A program of the host root, by absolute path (busybox's chroot would prefer its own applet of the same name).
+host() {
+    for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
+        if [ -x "$N$d/$1" ]; then
+            c=$1
+            shift
+            env -i PATH="$HOSTPATH" /bin/chroot "$N" "$d/$c" "$@"
+            return
+        fi
+    done
+    echo "softroce-vm: $1 not found in the host root"
+    return 127
+}
 . "$R/vm.sh" || fail "cannot read $R/vm.sh"
 
 # The repository, read-write; the usual file systems.
@@ -184,15 +198,19 @@ ulimit -l unlimited || fail "ulimit -l unlimited"
 [ -n "$SVM_NOFILE" ] && ulimit -n "$SVM_NOFILE" 2>/dev/null
 
 # Network: loopback, veth pair, two addresses on v0, rxe0 on v0. Nothing leaves the VM (it has no NIC).
-host ip -batch - <<'IP' || fail "network setup (ip -batch) failed"
-link set lo up
-link add v0 type veth peer name v1
-addr add 192.0.2.1/24 dev v0
-addr add 192.0.2.2/24 dev v0
-addr add 192.0.2.3/24 dev v0
-link set v1 up
-link set v0 up
-IP
+# (busybox ip: quicker than the host's; it names the veth peer itself, so it is renamed to v1.)
+ip link set lo up || fail "ip link set lo up"
+ip link add v0 type veth || fail "cannot create veth pair"
+read -r peer </sys/class/net/v0/iflink
+for f in /sys/class/net/*/ifindex; do
+    read -r i <"$f"
+    [ "$i" = "$peer" ] && { d=${f%/ifindex}; peer=${d##*/}; break; }
+done
+[ "$peer" = v1 ] || ip link set "$peer" name v1 || fail "cannot rename the veth peer $peer to v1"
+ip addr add 192.0.2.1/24 dev v0 || fail "ip addr add 192.0.2.1/24 dev v0"
+ip addr add 192.0.2.2/24 dev v0 || fail "ip addr add 192.0.2.2/24 dev v0"
+ip addr add 192.0.2.3/24 dev v0 || fail "ip addr add 192.0.2.3/24 dev v0"
+ip link set v1 up && ip link set v0 up || fail "cannot bring up v0/v1"
 echo 1 >/proc/sys/net/ipv4/conf/all/accept_local || fail "accept_local"
 host rdma link add rxe0 type rxe netdev v0 || fail "rdma link add rxe0 type rxe netdev v0 failed"
 P=/sys/class/infiniband/rxe0/ports/1
@@ -556,11 +574,14 @@ run_vm() {
     : >"$RUN/console.log"
 
     local r9=security_model=none,multidevs=remap
+    # Kernel console to a file only; quiet; a panic (or oops) ends the VM at once (-no-reboot). Boot speed-ups
+    # under TCG: no crypto self-tests (~0.5 s), no ACPI PCI IRQ routing (~1 s of _PRT evaluation for 4 devices).
+    local append="console=ttyS0 quiet loglevel=4 panic=1 oops=panic 8250.nr_uarts=1 cryptomgr.notests pci=noacpi"
     local qemu=(qemu-system-x86_64 -name softroce-vm -accel tcg -cpu max -machine pc -smp "$cpus" -m "$mem"
         -nodefaults -no-user-config -display none -nic none -no-reboot -monitor none
         -serial "file:$(qesc "$RUN/console.log")"
         -kernel "$(qesc "$KERNEL_IMAGE")" -initrd "$(qesc "$INITRD")"
-        -append "console=ttyS0 quiet loglevel=4 panic=1 oops=panic 8250.nr_uarts=1 cryptomgr.notests ${SOFTROCE_VM_APPEND:-}"
+        -append "$append ${SOFTROCE_VM_APPEND:-}"
         -virtfs "local,path=/,mount_tag=hostroot,readonly=on,$r9"
         -virtfs "local,path=$(qesc "$REPO"),mount_tag=repo,$r9"
         -virtfs "local,path=$(qesc "$RUN"),mount_tag=svmrun,$r9"

@@ -41,6 +41,8 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         case finalize(LNetMessage)
         /// The control message that ends a transaction has gone.
         case finishTransaction(UInt64)
+        /// A NOOP has gone: another may follow.
+        case noopSent
     }
 
     /// A message waiting for a send buffer (and a credit, if credited).
@@ -80,8 +82,9 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         var length = 0
         var pendingSteps = 0
         var deadline: ContinuousClock.Instant
-        /// Its request got on the wire, taking an interface credit.
-        var creditTaken = false
+        /// Its request (PUT_REQ, GET_REQ) was posted: it holds a transaction slot and an interface credit, and
+        /// the peer may answer it. A control message for an unposted request is a protocol error.
+        var requestPosted = false
         /// For a PUT sink or GET target: whether the transfer is a pull (we READ / the peer READs).
         var pull = false
 
@@ -117,6 +120,9 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         /// Receives that completed before this side saw the connection established (the peer may send as soon
         /// as its side is up); handled in order once it is.
         var early: [WorkCompletion] = []
+        var noopInFlight = false
+        /// The connection that took over this one's waiting messages (a lost race or a retry).
+        var successor: Connection?
     }
 
     static let kindShift: UInt64 = 60
@@ -129,11 +135,13 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     let peer: NID
     let role: Role
     let scheduler: Scheduler
-    let created = ContinuousClock.now
+    let created: ContinuousClock.Instant
     private let state = Mutex(State())
     private let logger: Logger
 
-    init(context: LNDContext, peer: NID, role: Role, scheduler: Scheduler) {
+    /// `created` starts the connect deadline; a retry keeps its predecessor's.
+    init(context: LNDContext, peer: NID, role: Role, scheduler: Scheduler, created: ContinuousClock.Instant = .now) {
+        self.created = created
         self.context = context
         self.peer = peer
         self.role = role
@@ -177,10 +185,13 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         })
         let resources = Resources(id: id, queuePair: qp, completionQueue: cq, receiveBuffers: receiveBuffers, limits: limits,
                                   sendLimit: sendLimit, receiveSlots: receiveSlots, rdmaBudget: rdmaBudget)
-        state.withLock { state in
+        let open = state.withLock { state -> Bool in
+            guard state.phase != .closed else { return false }
             state.resources = resources
             state.credits = Credits(queueDepth: depth)
+            return true
         }
+        guard open else { throw VerbsError(call: "attach", errno: 125, detail: "connection closed while connecting") }
         scheduler.register(self, queue: cq)
         try cq.requestNotification()
     }
@@ -225,14 +236,18 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         }
     }
 
-    /// Messages waiting here (while connecting) move to `other`, which won a connection race or replaced this
-    /// attempt.
-    func handOver(to other: Connection) {
+    /// This attempt is replaced by `other` (it lost a connection race, or is retried): its waiting messages move
+    /// there, it closes, and any send that still reaches it is forwarded.
+    func supersede(by other: Connection, reason: String) {
+        var actions = Actions()
         let waiting = state.withLock { state -> [LNetMessage] in
             let waiting = Array(state.waiting)
             state.waiting.removeAll()
+            state.successor = other
+            closeLocked(&state, reason: reason, status: .connectionClosed, &actions)
             return waiting
         }
+        actions.run()
         for message in waiting { other.send(message) }
     }
 
@@ -241,9 +256,12 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     /// Sends an outgoing LNet message (PUT, GET, ACK) to this peer: it waits while the connection is being
     /// made, then queues until credits allow.
     func send(_ message: LNetMessage) {
+        var successor: Connection?
         let now = state.withLock { state -> Bool? in
             switch state.phase {
-            case .closed: return nil
+            case .closed:
+                successor = state.successor
+                return nil
             case .connecting:
                 state.waiting.append(message)
                 return false
@@ -256,7 +274,8 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             }
         }
         switch now {
-        case nil: message.ni.finalize(message, status: .connectionClosed)
+        case nil:
+            if let successor { successor.send(message) } else { message.ni.finalize(message, status: .connectionClosed) }
         case false?: break
         case true?: transmit(message)
         }
@@ -278,12 +297,24 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             case .put:
                 let pull = context.tunables.putMode == .pull
                 let grant = pull ? try context.registrar.grant(message.payload, access: [.remoteRead]) : nil
+                guard fits(grant) else {
+                    grant?.revoke()
+                    logger.warning("PUT source has more fragments than \(peer) takes")
+                    actions.add { message.ni.finalize(message, status: .noResources) }
+                    break
+                }
                 startTransaction(kind: .putSource, message: message, grant: grant, deadline: deadline, &actions) { cookie in
                     .putRequest(lnet: lnet, cookie: cookie, source: grant?.descriptor ?? RDMADescriptor())
                 }
             case .get:
                 let sink = message.sink ?? .empty
                 let grant = sink.length > 0 ? try context.registrar.grant(sink, access: [.localWrite, .remoteWrite]) : nil
+                guard fits(grant) else {
+                    grant?.revoke()
+                    logger.warning("GET sink has more fragments than \(peer) takes")
+                    actions.add { message.ni.finalize(message, status: .noResources) }
+                    break
+                }
                 startTransaction(kind: .getRequester, message: message, grant: grant, deadline: deadline, &actions) { cookie in
                     .getRequest(lnet: lnet, cookie: cookie, sink: grant?.descriptor ?? RDMADescriptor())
                 }
@@ -296,6 +327,12 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             actions.add { message.ni.finalize(message, status: .noResources) }
         }
         actions.run()
+    }
+
+    /// Whether a descriptor for `grant` fits the fragments the peer agreed to take.
+    private func fits(_ grant: MemoryGrant?) -> Bool {
+        guard let grant else { return true }
+        return grant.descriptor.fragments.count <= Int(resources?.limits.maxFragments ?? 0)
     }
 
     /// The largest payload that goes eagerly on this connection: the tunable, within the negotiated message size.
@@ -348,6 +385,14 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         do {
             let access: MemoryAccess = pull ? [.localWrite] : [.localWrite, .remoteWrite]
             let grant = window.length > 0 ? try context.registrar.grant(window, access: access) : nil
+            guard pull || fits(grant) else {
+                grant?.revoke()
+                logger.warning("PUT sink has more fragments than \(peer) takes")
+                reply(.putNak(sourceCookie: sourceCookie, status: Int32(LNetStatus.noResources.rawValue)))
+                actions.add { message.ni.finalize(message, status: .noResources) }
+                actions.run()
+                return
+            }
             state.withLock { state in
                 guard state.phase == .established else {
                     grant?.revoke()
@@ -411,6 +456,14 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         let pull = length > eagerLimit && context.tunables.getMode == .pull
         do {
             let grant = length > 0 ? try context.registrar.grant(reply.payload, access: pull ? [.remoteRead] : []) : nil
+            guard !pull || fits(grant) else {
+                grant?.revoke()
+                logger.warning("GET source has more fragments than \(peer) takes")
+                self.reply(.getDone(cookie: requesterCookie, status: Int32(LNetStatus.noResources.rawValue), length: 0))
+                actions.add { reply.ni.finalize(reply, status: .noResources) }
+                actions.run()
+                return
+            }
             state.withLock { state in
                 guard state.phase == .established else {
                     grant?.revoke()
@@ -506,9 +559,9 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         guard state.transactions.removeValue(forKey: transaction.cookie) != nil else { return }
         transaction.grant?.revoke()
         transaction.grant = nil
-        if transaction.initiated {
-            state.credits.finishTransaction()
-            if transaction.creditTaken { returnInterfaceCredit(&actions) }
+        if transaction.initiated && transaction.requestPosted {
+            _ = state.credits.finishTransaction()
+            returnInterfaceCredit(&actions)
         }
         guard let message = transaction.message else { return }
         transaction.message = nil
@@ -569,15 +622,21 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             state.queue.removeFirst()
             if let cookie = next.starts {
                 state.credits.startTransaction()
-                state.transactions[cookie]?.creditTaken = true
+                state.transactions[cookie]?.requestPosted = true
             }
             guard post(next, slot: slot, credits: state.credits.takeCredited(), resources, &state, &actions) else { return }
         }
-        if state.credits.needsNoop, state.posted.count < resources.sendLimit, let slot = pool.take(credit: false, waiter: self) {
-            context.counters.bump(.noops)
-            _ = post(Outgoing(body: .noop, credited: true, deadline: .now + timeout), slot: slot,
-                     credits: state.credits.takeCredited(), resources, &state, &actions)
-        }
+        if state.credits.needsNoop { sendNoop(&state, resources, &actions) }
+    }
+
+    /// Sends a NOOP (no credit taken; at most one in flight) carrying the credits owed.
+    private func sendNoop(_ state: inout State, _ resources: Resources, _ actions: inout Actions) {
+        guard !state.noopInFlight, state.posted.count < resources.sendLimit,
+              let slot = context.pool.take(credit: false, waiter: self) else { return }
+        context.counters.bump(.noops)
+        state.noopInFlight = true
+        _ = post(Outgoing(body: .noop, credited: false, onSent: .noopSent, deadline: .now + timeout), slot: slot,
+                 credits: state.credits.takeOwed(), resources, &state, &actions)
     }
 
     /// Encodes `outgoing` into transmit descriptor `slot` and posts the SEND.
@@ -603,7 +662,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             return true
         } catch {
             state.posted[slot] = nil
-            releaseSlot(slot, credit: outgoing.holdsCredit, &actions)
+            releaseSlot(slot, credit: eagerCredit, &actions)
             if case .finalize(let message) = outgoing.onSent { actions.add { message.ni.finalize(message, status: .connectionClosed) } }
             closeLocked(&state, reason: "posting a send failed: \(error)", status: .connectionClosed, &actions)
             return false
@@ -640,13 +699,16 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     func poll() -> Int {
         guard let resources else { return 0 }
         var total = 0
-        let early = state.withLock { state -> [WorkCompletion] in
-            guard state.phase != .connecting else { return [] }
-            defer { state.early.removeAll() }
-            return state.early
+        while true {
+            let early = state.withLock { state -> [WorkCompletion] in
+                guard state.phase != .connecting else { return [] }
+                defer { state.early.removeAll() }
+                return state.early
+            }
+            if early.isEmpty { break }
+            for completion in early { handleReceiveNow(slot: Int(completion.id & Self.cookieMask), completion: completion, resources) }
+            total += early.count
         }
-        for completion in early { handleReceive(slot: Int(completion.id & Self.cookieMask), completion: completion, resources) }
-        total += early.count
         while true {
             var completions: [WorkCompletion] = []
             do {
@@ -677,9 +739,10 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
                 let slot = Int(value)
                 let (action, credit) = state.posted.removeValue(forKey: slot) ?? (.none, false)
                 releaseSlot(slot, credit: credit, &actions)
+                if case .noopSent = action { state.noopInFlight = false }
                 if completion.status.isSuccess {
                     switch action {
-                    case .none: break
+                    case .none, .noopSent: break
                     case .finalize(let message): actions.add { message.ni.finalize(message, status: .ok) }
                     case .finishTransaction(let cookie):
                         if let transaction = state.transactions[cookie] { complete(transaction, status: .ok, &state, &actions) }
@@ -710,18 +773,23 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     }
 
     private func handleReceive(slot: Int, completion: WorkCompletion, _ resources: Resources) {
+        let stashed = state.withLock { state -> Bool in
+            // While connecting, and until the early ones are handled, keep arrival order.
+            guard state.phase == .connecting || !state.early.isEmpty else { return false }
+            state.early.append(completion)
+            return true
+        }
+        if stashed { return }
+        handleReceiveNow(slot: slot, completion: completion, resources)
+    }
+
+    private func handleReceiveNow(slot: Int, completion: WorkCompletion, _ resources: Resources) {
         guard completion.status.isSuccess else {
             var actions = Actions()
             state.withLock { state in failed(completion, &state, &actions) }
             actions.run()
             return
         }
-        let stashed = state.withLock { state -> Bool in
-            guard state.phase == .connecting else { return false }
-            state.early.append(completion)
-            return true
-        }
-        if stashed { return }
         let size = Int(resources.limits.maxMessageSize)
         let buffer = UnsafeRawBufferPointer(rebasing: resources.receiveBuffers.bytes[slot * size..<slot * size + Int(completion.byteLength)])
         let message: WireMessage
@@ -745,7 +813,8 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             let type = message.body.type
             if type.isControl {
                 handleControl(message.body, &state, &actions)
-                repost(slot: slot, credited: type == .noop, resources, &state, &actions)
+                // A NOOP's buffer is re-posted without owing a credit back (so NOOPs never answer NOOPs).
+                repost(slot: slot, credited: false, resources, &state, &actions)
             } else {
                 deliver = deliverer(message.body, slot: slot, resources, &state, &actions)
             }
@@ -792,6 +861,16 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             closeLocked(&state, reason: "malformed LNet header: \(error)", status: .protocolError, &actions)
             return nil
         }
+        let expected: Set<LNetMessageType>
+        switch body {
+        case .putRequest: expected = [.put]
+        case .getRequest: expected = [.get]
+        default: expected = [.put, .ack]
+        }
+        guard expected.contains(header.type) else {
+            closeLocked(&state, reason: "\(body.type) carrying an LNet \(header.type)", status: .protocolError, &actions)
+            return nil
+        }
         if case .immediate(_, _, let length) = body, Int(header.payloadLength) != length {
             closeLocked(&state, reason: "LNet header says \(header.payloadLength) payload bytes, message carries \(length)",
                         status: .protocolError, &actions)
@@ -828,7 +907,8 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     /// PUT_ACK, PUT_NAK, PUT_DONE, PULL, GET_DONE, NOOP: handled here, never through LNet matching.
     private func handleControl(_ body: WireBody, _ state: inout State, _ actions: inout Actions) {
         func transaction(_ cookie: UInt64, _ kinds: Set<String>, _ what: String) -> Transaction? {
-            guard let transaction = state.transactions[cookie], kinds.contains(transaction.kind.rawValue) else {
+            guard let transaction = state.transactions[cookie], kinds.contains(transaction.kind.rawValue),
+                  !transaction.initiated || transaction.requestPosted else {
                 closeLocked(&state, reason: "\(what) for a transfer that does not exist (cookie \(cookie))", status: .protocolError, &actions)
                 return nil
             }
@@ -844,6 +924,8 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
                 return
             }
             transaction.peerCookie = sinkCookie
+            // The sink may have matched fewer bytes (a truncating MD): move what it offers room for.
+            transaction.length = min(transaction.length, sink.totalLength)
             guard let message = transaction.message else { return }
             do {
                 transaction.grant = try context.registrar.grant(message.payload, access: [])
@@ -929,11 +1011,8 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
                     closeLocked(&state, reason: "peer silent for \(now - state.lastReceive)", status: .timeout, &actions)
                     return
                 }
-                if now - state.lastSend > .seconds(keepalive), state.credits.canSendCredited, let resources = state.resources,
-                   state.posted.count < resources.sendLimit, let slot = context.pool.take(credit: false, waiter: self) {
-                    context.counters.bump(.noops)
-                    _ = post(Outgoing(body: .noop, credited: true, deadline: now + timeout), slot: slot,
-                             credits: state.credits.takeCredited(), resources, &state, &actions)
+                if now - state.lastSend > .seconds(keepalive), let resources = state.resources {
+                    sendNoop(&state, resources, &actions)
                 }
             }
         }
@@ -973,7 +1052,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         }
         var gets: [LNetMessage] = []
         for transaction in state.transactions.values {
-            if transaction.initiated && transaction.creditTaken { returnInterfaceCredit(&actions) }
+            if transaction.initiated && transaction.requestPosted { returnInterfaceCredit(&actions) }
             transaction.grant?.revoke()
             transaction.grant = nil
             if let message = transaction.message {

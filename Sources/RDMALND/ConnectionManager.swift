@@ -254,7 +254,7 @@ final class ConnectionManager: @unchecked Sendable {
             reject(id, .queueDepthTooLarge, "\(peer) asked for queue depth \(request.limits.queueDepth)")
             return
         }
-        if request.limits.maxFragments > ours.maxFragments {
+        if request.limits.maxFragments > ours.maxFragments || request.limits.maxFragments < 1 {
             reject(id, .tooManyFragments, "\(peer) asked for \(request.limits.maxFragments) fragments")
             return
         }

@@ -1,16 +1,17 @@
-/// Credit flow control of one connection (one direction's sending side, and what it owes the other).
+/// Credit flow control of one connection (this side's sending, and what it owes the other).
 ///
-/// - Each side posts `3 x queueDepth` receive buffers: `queueDepth` for credited messages (IMMEDIATE, PUT_REQ,
-///   GET_REQ, NOOP) and `2 x queueDepth` for control replies, which take no credit.
+/// - Each side posts `3 x queueDepth + 2` receive buffers: `queueDepth` for credited messages (IMMEDIATE,
+///   PUT_REQ, GET_REQ), `2 x queueDepth` for control replies, and 2 for NOOPs.
 /// - A side starts with `queueDepth` credits. A credited message takes one; the receiver owes it back once it
 ///   has re-posted the buffer, and every message header carries what is owed.
-/// - The last credit is only used by a message that returns credits, so two sides that owe each other can
-///   always exchange a NOOP: no credit deadlock.
 /// - Control replies (PUT_ACK, PUT_NAK, PUT_DONE, PULL, GET_DONE) take no credit: each transaction this side
 ///   starts causes at most one control message at each end, and a side has at most `queueDepth` transactions
 ///   (requests awaiting completion) of its own, so the reply buffers can never run out. Replies therefore never
 ///   wait behind data.
-/// - A NOOP goes out when what is owed reaches the high-water mark and nothing else is going to carry it.
+/// - A NOOP takes no credit either, and its buffer is re-posted without owing anything (so NOOPs never answer
+///   NOOPs). It goes out when what is owed reaches the high-water mark (or as a keepalive), at most one at a
+///   time, into the 2 buffers kept for NOOPs. Since a NOOP needs no credit, two sides that owe each other can
+///   always return credits: no credit deadlock.
 struct Credits: Sendable, Equatable {
     let queueDepth: Int
     /// Credits this side holds: credited messages it may still send.
@@ -26,18 +27,18 @@ struct Credits: Sendable, Equatable {
     }
 
     /// Receive buffers each side posts.
-    static func receiveBuffers(queueDepth: Int) -> Int { 3 * queueDepth }
+    static func receiveBuffers(queueDepth: Int) -> Int { 3 * queueDepth + 2 }
 
     var highWater: Int { max(1, (queueDepth + 1) / 2) }
 
     /// Whether a credited message may go now.
-    var canSendCredited: Bool { available > 1 || (available == 1 && owed > 0) }
+    var canSendCredited: Bool { available > 0 }
 
     /// Whether a new transaction (PUT_REQ, GET_REQ) may start.
     var canStartTransaction: Bool { transactions < queueDepth }
 
-    /// Whether a NOOP should go out to return credits.
-    var needsNoop: Bool { owed >= highWater && available > 0 }
+    /// Whether enough is owed that a NOOP should carry it back.
+    var needsNoop: Bool { owed >= highWater }
 
     /// Takes a credit for a credited message; returns the credits to put in its header.
     mutating func takeCredited() -> UInt8 {
@@ -46,7 +47,7 @@ struct Credits: Sendable, Equatable {
         return takeOwed()
     }
 
-    /// The credits a control message carries (it takes none).
+    /// The credits a control message or NOOP carries (it takes none).
     mutating func takeOwed() -> UInt8 {
         let returned = UInt8(clamping: owed)
         owed -= Int(returned)
@@ -66,8 +67,10 @@ struct Credits: Sendable, Equatable {
 
     mutating func startTransaction() { transactions += 1 }
 
-    mutating func finishTransaction() {
-        precondition(transactions > 0, "transaction finished twice")
+    /// Returns false (and changes nothing) when no transaction is open: the caller's accounting is wrong.
+    mutating func finishTransaction() -> Bool {
+        guard transactions > 0 else { return false }
         transactions -= 1
+        return true
     }
 }

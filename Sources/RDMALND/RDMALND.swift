@@ -78,6 +78,7 @@ public final class RDMALND: LNetLND {
         if message.type == .reply {
             guard let context = message.privateContext as? ReceiveContext, case .getRequest(let cookie, let sink) = context.kind else {
                 ni.logger.error("REPLY without the GET it answers", metadata: ["message": "\(message)"])
+                (message.privateContext as? ReceiveContext)?.releaseBuffer()
                 ni.finalize(message, status: .protocolError)
                 return
             }
@@ -247,12 +248,12 @@ final class LNDRuntime: @unchecked Sendable {
 
     /// A replacement attempt for `old` (rejected, to retry): takes over its waiting messages.
     func replace(_ old: Connection) -> Connection {
-        let fresh = Connection(context: context, peer: old.peer, role: .active, scheduler: scheduler(for: old.peer))
+        let fresh = Connection(context: context, peer: old.peer, role: .active, scheduler: scheduler(for: old.peer), created: old.created)
         peers.withLock { table in
             if table[old.peer] === old || table[old.peer] == nil { table[old.peer] = fresh }
         }
-        old.handOver(to: fresh)
-        old.close(reason: "superseded by a new attempt", status: .connectionClosed)
+        old.supersede(by: fresh, reason: "superseded by a new attempt")
+        if stopping.load(ordering: .acquiring) { fresh.close(reason: "shutting down", status: .shutdown) }
         return fresh
     }
 
@@ -299,8 +300,7 @@ final class LNDRuntime: @unchecked Sendable {
                 restarted.close(reason: "replaced by a new connection from \(peer)", status: .connectionClosed)
             }
             if let superseded {
-                superseded.handOver(to: fresh)
-                superseded.close(reason: "lost the connection race to \(peer)'s connection", status: .connectionClosed)
+                superseded.supersede(by: fresh, reason: "lost the connection race to \(peer)'s connection")
             }
         }
         return decision
@@ -309,12 +309,13 @@ final class LNDRuntime: @unchecked Sendable {
     /// Stops accepting, closes every connection (finalizing what they hold with `.shutdown`), stops the threads.
     func stop() {
         stopping.store(true, ordering: .releasing)
+        // The CM thread first: no connection is made, accepted or replaced after the sweep below.
+        manager.stop()
         let all = peers.withLock { table -> [Connection] in
             defer { table.removeAll() }
             return Array(table.values)
         }
         for connection in all { connection.close(reason: "shutting down", status: .shutdown) }
-        manager.stop()
         for scheduler in schedulers { scheduler.stop() }
     }
 }

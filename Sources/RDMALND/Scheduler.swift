@@ -131,28 +131,25 @@ final class Scheduler: @unchecked Sendable {
         }
     }
 
-    /// Handles the CQs that fired: poll, re-arm, poll again (closing the race with a completion that arrived
-    /// between the two), then keep polling for a short window while completions keep coming.
+    /// Handles the CQs that fired: poll, and keep polling for a short window while completions keep coming
+    /// (bounded, so one busy peer cannot keep the thread from its channel, wake-ups and timers), then re-arm
+    /// and poll once more to catch a completion that slipped in before arming.
     private func serve(_ ready: [Connection]) {
-        var active = ready
-        var idleSince = ContinuousClock.now
-        while !active.isEmpty {
+        let started = ContinuousClock.now
+        var idleSince = started
+        while ContinuousClock.now - started < .milliseconds(2) {
             var anything = false
-            for connection in active where connection.poll() > 0 { anything = true }
+            for connection in ready where connection.poll() > 0 { anything = true }
             let now = ContinuousClock.now
             if anything {
                 idleSince = now
-                continue
+            } else if now - idleSince >= busyPollWindow {
+                break
             }
-            if now - idleSince < busyPollWindow { continue }
-            // Quiet: re-arm, and catch anything that slipped in before arming.
-            var again: [Connection] = []
-            for connection in active {
-                try? connection.resources?.completionQueue.requestNotification()
-                if connection.poll() > 0 { again.append(connection) }
-            }
-            active = again
-            idleSince = ContinuousClock.now
+        }
+        for connection in ready {
+            try? connection.resources?.completionQueue.requestNotification()
+            connection.poll()
         }
     }
 }

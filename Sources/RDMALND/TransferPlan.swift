@@ -53,7 +53,8 @@ func planTransfer(local: [LocalPiece], remote: [RDMAFragment], length: Int, maxS
             remoteOffset = 0
             continue
         }
-        var step = TransferStep(remoteAddress: fragment.address + UInt64(remoteOffset), rkey: fragment.rkey, local: [])
+        // Wrapping arithmetic: a hostile address near the top of the range must fail at the NIC, not trap here.
+        var step = TransferStep(remoteAddress: fragment.address &+ UInt64(remoteOffset), rkey: fragment.rkey, local: [])
         var stepLength = 0
         let stepLimit = min(fragmentLeft, remaining, maxStepLength)
         while stepLength < stepLimit && step.local.count < maxScatterGather {
@@ -65,7 +66,7 @@ func planTransfer(local: [LocalPiece], remote: [RDMAFragment], length: Int, maxS
                 continue
             }
             let take = min(pieceLeft, stepLimit - stepLength)
-            step.local.append(ScatterGatherElement(address: piece.address + UInt64(localOffset), length: UInt32(take), lkey: piece.lkey))
+            step.local.append(ScatterGatherElement(address: piece.address &+ UInt64(localOffset), length: UInt32(take), lkey: piece.lkey))
             localOffset += take
             stepLength += take
         }

@@ -2,19 +2,14 @@ import Testing
 @testable import RDMALND
 
 @Suite struct CreditsTests {
-    @Test func lastCreditIsKeptForAMessageThatReturnsCredits() {
+    @Test func everyCreditCanBeUsed() {
         var credits = Credits(queueDepth: 4)
-        for _ in 0..<3 {
+        for _ in 0..<4 {
             #expect(credits.canSendCredited)
             #expect(credits.takeCredited() == 0)
         }
-        #expect(credits.available == 1)
-        #expect(!credits.canSendCredited)  // nothing owed: keep the last credit
-        credits.reposted()
-        #expect(credits.canSendCredited)   // now it would carry a credit back
-        #expect(credits.takeCredited() == 1)
-        #expect(credits.available == 0)
-        #expect(credits.owed == 0)
+        #expect(!credits.canSendCredited)
+        #expect(Credits.receiveBuffers(queueDepth: 4) == 14)
     }
 
     @Test func controlRepliesTakeNoCreditButCarryWhatIsOwed() {
@@ -33,8 +28,9 @@ import Testing
         #expect(!credits.needsNoop)
         credits.reposted()
         #expect(credits.needsNoop)
-        _ = credits.takeCredited()
+        #expect(credits.takeOwed() == 4)  // the NOOP carries them, taking no credit
         #expect(!credits.needsNoop)
+        #expect(credits.available == 8)
     }
 
     @Test func returnedCreditsAreBoundedByTheQueueDepth() {
@@ -51,24 +47,50 @@ import Testing
         credits.startTransaction()
         credits.startTransaction()
         #expect(!credits.canStartTransaction)
-        credits.finishTransaction()
+        let first = credits.finishTransaction()
+        #expect(first)
         #expect(credits.canStartTransaction)
+        let second = credits.finishTransaction()
+        let third = credits.finishTransaction()  // nothing open: refused, not a trap
+        #expect(second && !third)
     }
 
-    /// Two sides, each sending as fast as credits allow and returning credits only by the rules: they never
-    /// both get stuck with traffic waiting.
-    @Test func twoSidesNeverDeadlock() {
-        var a = Credits(queueDepth: 3), b = Credits(queueDepth: 3)
-        var inFlightToA: [UInt8] = [], inFlightToB: [UInt8] = []
-        var sentByA = 0, sentByB = 0
-        for _ in 0..<1000 {
-            if a.canSendCredited { inFlightToB.append(a.takeCredited()); sentByA += 1 }
-            else if a.needsNoop { inFlightToB.append(a.takeCredited()) }
-            if b.canSendCredited { inFlightToA.append(b.takeCredited()); sentByB += 1 }
-            else if b.needsNoop { inFlightToA.append(b.takeCredited()) }
-            if let c = inFlightToA.first { inFlightToA.removeFirst(); let ok = a.received(credits: c); #expect(ok); a.reposted() }
-            if let c = inFlightToB.first { inFlightToB.removeFirst(); let ok = b.received(credits: c); #expect(ok); b.reposted() }
+    /// Two sides, each sending as fast as credits allow and returning credits only by the rules (NOOPs take no
+    /// credit, and a NOOP's buffer owes nothing back): they never get stuck, and NOOPs never answer NOOPs.
+    @Test(arguments: [2, 3, 8])
+    func twoSidesNeverDeadlockNorPingPong(depth: Int) {
+        struct Message { let credits: UInt8; let noop: Bool }
+        var a = Credits(queueDepth: depth), b = Credits(queueDepth: depth)
+        var toB: [Message] = [], toA: [Message] = []
+        var sentByA = 0, sentByB = 0, noops = 0
+        func step(_ me: inout Credits, _ out: inout [Message], _ sent: inout Int, wantsToSend: Bool) {
+            if wantsToSend && me.canSendCredited { out.append(Message(credits: me.takeCredited(), noop: false)); sent += 1 }
+            else if me.needsNoop { out.append(Message(credits: me.takeOwed(), noop: true)); noops += 1 }
+        }
+        func deliver(_ me: inout Credits, _ queue: inout [Message]) {
+            guard let message = queue.first else { return }
+            queue.removeFirst()
+            let ok = me.received(credits: message.credits)
+            #expect(ok)
+            if !message.noop { me.reposted() }
+        }
+        for round in 0..<1000 {
+            step(&a, &toB, &sentByA, wantsToSend: true)
+            step(&b, &toA, &sentByB, wantsToSend: true)
+            deliver(&a, &toA)
+            deliver(&b, &toB)
+            _ = round
         }
         #expect(sentByA > 300 && sentByB > 300)
+        // Now both go quiet: the NOOPs stop once what is owed has gone back.
+        let before = noops
+        for _ in 0..<100 {
+            step(&a, &toB, &sentByA, wantsToSend: false)
+            step(&b, &toA, &sentByB, wantsToSend: false)
+            deliver(&a, &toA)
+            deliver(&b, &toB)
+        }
+        #expect(noops - before <= 4)
+        #expect(toA.isEmpty && toB.isEmpty)
     }
 }

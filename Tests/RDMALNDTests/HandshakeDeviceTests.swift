@@ -49,6 +49,17 @@ import Testing
         }
     }
 
+    /// The smallest queue depth works, and NOOPs never answer NOOPs (no endless exchange once traffic stops).
+    @Test func queueDepthTwoCarriesTrafficWithoutANoopStorm() async throws {
+        let (server, client) = try LNDNode.pair { $0.peerCredits = 2; $0.credits = 2; $0.ntx = 16 }
+        defer { client.shutdown(); server.shutdown() }
+        for size in [100, 3000, 100_000, 200, 50] { #expect(try await putAndAck(client, server, size: size)) }
+        let settled = (client.lnd.counters?.noops ?? 0) + (server.lnd.counters?.noops ?? 0)
+        try await Task.sleep(for: .seconds(1))
+        let later = (client.lnd.counters?.noops ?? 0) + (server.lnd.counters?.noops ?? 0)
+        #expect(later - settled <= 2, "NOOPs kept flowing: \(settled) -> \(later)")
+    }
+
     @Test func checksummedTrafficFlows() async throws {
         let (server, client) = try LNDNode.pair { $0.checksum = true; $0.immediateSize = 4096 }
         defer { client.shutdown(); server.shutdown() }

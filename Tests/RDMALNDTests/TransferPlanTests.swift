@@ -54,4 +54,12 @@ import Testing
                                      length: 64, maxScatterGather: 1)
         #expect(steps == [TransferStep(remoteAddress: 128, rkey: 3, local: [.init(address: 64, length: 64, lkey: 2)])])
     }
+
+    /// A hostile address near the top of the range must not trap while planning (the NIC refuses it later).
+    @Test func addressesNearTheTopWrapInsteadOfTrapping() throws {
+        let local = (0..<4).map { LocalPiece(address: UInt64($0) * 0x1000, length: 8, lkey: 1) }
+        let steps = try planTransfer(local: local, remote: [RDMAFragment(address: UInt64.max - 8, length: 32, rkey: 1)],
+                                     length: 32, maxScatterGather: 2)
+        #expect(steps.count == 2)
+    }
 }
