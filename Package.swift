@@ -8,12 +8,15 @@ let package = Package(
         .library(name: "Verbs", targets: ["Verbs"]),
         .library(name: "LNet", targets: ["LNet"]),
         .library(name: "RDMALND", targets: ["RDMALND"]),
+        .library(name: "LNetSelftest", targets: ["LNetSelftest"]),
+        .executable(name: "lnetctl", targets: ["lnetctl"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         // Layer 1: the C shim over libibverbs and librdmacm. Only what Swift cannot call directly.
@@ -51,11 +54,39 @@ let package = Package(
                 .product(name: "Configuration", package: "swift-configuration"),
             ]
         ),
+        // Layer 5: LNet self-test and ping (like Lustre's lnet_selftest): protocol, server and client over any LND.
+        .target(
+            name: "LNetSelftest",
+            dependencies: [
+                "LNet",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The `lnetctl` commands (devices, tunables, serve, ping, selftest), a library so tests can call them.
+        .target(
+            name: "LNetControl",
+            dependencies: [
+                "LNet",
+                "LNetSelftest",
+                "RDMALND",
+                "Verbs",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(name: "lnetctl", dependencies: ["LNetControl"]),
         // Benchmarks print figures; they are not timed tests.
         .executableTarget(name: "LNetCoreBench", dependencies: ["LNet"], path: "Benchmarks/LNetCoreBench"),
+        // The fuzz target of the wire and handshake parsers (scripts/fuzz.sh builds it with libFuzzer).
+        .executableTarget(name: "WireFuzz", dependencies: ["RDMALND", "LNet"], path: "Fuzz/WireFuzz"),
         .testTarget(name: "VerbsTests", dependencies: ["Verbs"]),
         .testTarget(name: "LNetTests", dependencies: ["LNet"]),
         .testTarget(name: "RDMALNDTests", dependencies: ["RDMALND", "Verbs", "LNet"]),
+        .testTarget(name: "LNetSelftestTests", dependencies: ["LNetSelftest", "LNet"]),
+        .testTarget(name: "lnetctlTests", dependencies: [
+            "LNetControl", "LNetSelftest", "LNet", "RDMALND",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -149,6 +149,10 @@ public struct RDMADescriptor: Sendable, Hashable {
         _ = try reader.read(UInt16.self)
         _ = try reader.read(UInt32.self)
         guard count <= maxFragments else { throw WireError.tooManyFragments(count, limit: maxFragments) }
+        // Check the bytes are there before reserving room for them (a short message must not allocate much).
+        guard reader.remaining >= count * WireFormat.fragmentSize else {
+            throw WireError.truncated(needed: reader.offset + count * WireFormat.fragmentSize, have: reader.buffer.count)
+        }
         var fragments: [RDMAFragment] = []
         fragments.reserveCapacity(count)
         for _ in 0..<count {

@@ -1,0 +1,96 @@
+import ArgumentParser
+import Foundation
+import LNet
+import LNetSelftest
+import RDMALND
+
+/// `lnetctl serve`: answers pings and self-test sessions until SIGINT or SIGTERM.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve pings and self-test sessions until SIGINT/SIGTERM, then shut LNet down and exit 0.",
+        discussion: """
+            A read's data moves the way this server's LND decides (the GET's target): start it with LND_GET_MODE=pull \
+            or push to choose. A write's mode is the client's (LND_PUT_MODE, or `selftest --mode`). The server tells \
+            clients its modes when a session starts.
+            """)
+
+    @OptionGroup var node: NodeOptions
+
+    @Option(name: .long, help: ArgumentHelp("The most memory one session may take.", valueName: "bytes"))
+    var maxSessionMemory = ByteCount(256 << 20)
+
+    @Option(name: .long, help: ArgumentHelp("The most memory all sessions together may take.", valueName: "bytes"))
+    var maxMemory = ByteCount(1 << 30)
+
+    @Option(name: .long, help: "The most sessions at once.")
+    var maxSessions = 64
+
+    @Option(name: .long, help: ArgumentHelp("Write this process's pid to the file once serving (for scripts).", valueName: "path"))
+    var readyFile: String?
+
+    @Flag(name: .long, help: "Print one JSON object (the server's figures) when stopped.")
+    var json = false
+
+    func validate() throws {
+        guard maxSessionMemory.value > 0, maxMemory.value > 0 else { throw ValidationError("memory limits must be positive") }
+        guard maxSessions > 0 else { throw ValidationError("--max-sessions must be positive") }
+    }
+
+    func run() async throws {
+        try await runReporting("serve", json: json) { console in
+            let signals = SignalWaiter()
+            let logger = try LogSetup.bootstrap(node.logLevel)
+            let control = try ControlNode(options: node, logger: logger)
+            defer { control.shutdown() }
+            let tunables = control.tunables
+            let configuration = SelftestServer.Configuration(
+                maxSessionMemory: maxSessionMemory.value, maxTotalMemory: maxMemory.value, maxSessions: maxSessions,
+                getMode: tunables.map { AdvertisedBulkMode($0.getMode) } ?? .unknown,
+                putMode: tunables.map { AdvertisedBulkMode($0.putMode) } ?? .unknown)
+            let server = SelftestServer(lnet: control.lnet, nid: control.nid, configuration: configuration, logger: logger)
+            do { try server.start() } catch { throw CommandFailure("cannot start the self-test server: \(error)") }
+            let started = ContinuousClock.now
+            let modes = tunables.map { "GET mode \($0.getMode.rawValue), PUT mode \($0.putMode.rawValue)" } ?? "loopback"
+            console.err("lnetctl serve: serving ping and self-test on \(control.processID) (\(modes)); pid \(getpid()); stop with SIGINT or SIGTERM")
+            if let readyFile {
+                do { try "\(getpid())\n".write(toFile: readyFile, atomically: true, encoding: .utf8) } catch {
+                    server.stop()
+                    throw CommandFailure("cannot write --ready-file \(readyFile): \(error.localizedDescription)")
+                }
+            }
+            let signal = await signals.wait()
+            let stats = server.statistics
+            server.stop()
+            control.shutdown()
+            let usage = ResourceUsage.current()
+            let uptime = ContinuousClock.now - started
+            console.err("lnetctl serve: \(signal == SIGINT ? "SIGINT" : "SIGTERM"), shut down")
+            if json {
+                console.emit(.object([
+                    "nid": .string(control.nid.description),
+                    "pid": .int(Int(control.lnet.pid)),
+                    "signal": .string(signal == SIGINT ? "SIGINT" : "SIGTERM"),
+                    "uptime_s": .number(uptime.seconds),
+                    "get_mode": .string(configuration.getMode.rawValue),
+                    "put_mode": .string(configuration.putMode.rawValue),
+                    "sessions_opened": .int(stats.sessionsOpened),
+                    "sessions_refused": .int(stats.sessionsRefused),
+                    "sessions_active_at_stop": .int(stats.sessionsActive),
+                    "bad_requests": .int(stats.badRequests),
+                    "operations": .int(stats.operationsServed),
+                    "bytes": .int(stats.bytesServed),
+                    "verification_failures": .int(stats.verificationFailures),
+                    "pings": .int(stats.pingsServed),
+                    "cpu_s": .number(Double(usage.cpuNanoseconds) / 1e9, decimals: 6),
+                    "max_rss_kib": .uint(usage.maxRSSKiB),
+                ]))
+            } else {
+                console.out("served \(stats.sessionsOpened) sessions (\(stats.sessionsRefused) refused), \(stats.operationsServed) operations, "
+                            + "\(formatBytes(stats.bytesServed)), \(stats.pingsServed) pings, \(stats.verificationFailures) verification failures; "
+                            + "cpu \(format(Double(usage.cpuNanoseconds) / 1e9, 2)) s, peak RSS \(formatBytes(Int(usage.maxRSSKiB) * 1024))")
+            }
+            if let readyFile { try? FileManager.default.removeItem(atPath: readyFile) }
+        }
+    }
+}

@@ -1,0 +1,298 @@
+import ArgumentParser
+import Foundation
+import LNet
+import LNetSelftest
+import Logging
+import RDMALND
+import Synchronization
+
+/// A failure a command reports as one line on stderr (and, with --json, as `{"error": ...}` on stdout).
+struct CommandFailure: Error, CustomStringConvertible {
+    let message: String
+    /// The exit status (1 unless said otherwise).
+    var status: Int32 = 1
+
+    init(_ message: String, status: Int32 = 1) {
+        // One line, whatever the underlying error's text looks like.
+        self.message = message.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " ")
+        self.status = status
+    }
+
+    var description: String { message }
+}
+
+/// Output of a command: one JSON object with --json, text otherwise; errors as one line on stderr.
+struct Console: Sendable {
+    let json: Bool
+
+    func out(_ text: String) {
+        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+    }
+
+    func err(_ text: String) {
+        FileHandle.standardError.write(Data((text + "\n").utf8))
+    }
+
+    func emit(_ value: JSONValue) { out(value.description) }
+
+    /// Reports `failure` and returns the exit code to throw.
+    func fail(_ failure: CommandFailure, command: String) -> ExitCode {
+        err("lnetctl \(command): \(failure.message)")
+        if json { emit(.object(["error": .string(failure.message), "ok": .bool(false)])) }
+        return ExitCode(failure.status)
+    }
+
+    /// Whether stderr is a terminal (progress lines go there only then).
+    static var stderrIsTerminal: Bool { isatty(STDERR_FILENO) == 1 }
+}
+
+/// Runs a command body, turning every failure into one stderr line and an exit status.
+func runReporting(_ command: String, json: Bool, _ body: (Console) async throws -> Void) async throws {
+    let console = Console(json: json)
+    do {
+        try await body(console)
+    } catch let failure as CommandFailure {
+        throw console.fail(failure, command: command)
+    } catch let exit as ExitCode {
+        throw exit
+    } catch {
+        throw console.fail(CommandFailure("\(error)"), command: command)
+    }
+}
+
+/// Options every node-owning command takes.
+struct NodeOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("This node's NID, e.g. 192.0.2.2@o2ib or 0@lo (default: the first interface of LNET_NETWORKS).", valueName: "nid"))
+    var nid: String?
+
+    @Option(name: .long, help: "This node's LNet pid.")
+    var pid: UInt32 = ProcessID.defaultPID
+
+    @Option(name: .long, help: ArgumentHelp("Log level on stderr: trace, debug, info, notice, warning, error, critical (default: LNET_LOG_LEVEL or warning).", valueName: "level"))
+    var logLevel: String?
+}
+
+/// Logging goes to stderr; bootstrapped once per process.
+enum LogSetup {
+    private static let done = Mutex(false)
+
+    static func bootstrap(_ requested: String?) throws(CommandFailure) -> Logger {
+        let text = requested ?? ProcessInfo.processInfo.environment["LNET_LOG_LEVEL"] ?? "warning"
+        guard let level = Logger.Level(rawValue: text.lowercased()) else {
+            throw CommandFailure("log level '\(text)' is not one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        done.withLock { done in
+            guard !done else { return }
+            done = true
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = .trace
+                return handler
+            }
+        }
+        var logger = Logger(label: "lnetctl")
+        logger.logLevel = level
+        return logger
+    }
+}
+
+/// An LNet instance with this node's interface (o2ib through the RDMA LND, or loopback) and a loopback interface.
+final class ControlNode: Sendable {
+    let lnet: LNet
+    let nid: NID
+    /// The o2ib LND's tunables (nil on a loopback-only node).
+    let tunables: LNDTunables?
+
+    var processID: ProcessID { ProcessID(nid: nid, pid: lnet.pid) }
+
+    /// Brings the node up. `overrides` are LND_* variables that win over the environment (e.g. from --mode).
+    init(options: NodeOptions, logger: Logger, overrides: [String: String] = [:]) throws(CommandFailure) {
+        var environment = ProcessInfo.processInfo.environment
+        for (key, value) in overrides { environment[key] = value }
+        // Tunables are checked first, whatever the network: a bad LND_* value is an error on every node.
+        let tunables: LNDTunables
+        do { tunables = try LNDTunables.fromEnvironment(environment) } catch {
+            throw CommandFailure(error.description)
+        }
+        let interface: NetworkInterfaceConfiguration
+        if let text = options.nid {
+            let nid: NID
+            do { nid = try NID(parsing: text) } catch { throw CommandFailure(error.description) }
+            guard !nid.isAny else { throw CommandFailure("--nid must name one NID, not '*'") }
+            interface = NetworkInterfaceConfiguration(network: nid.network, address: nid.address)
+        } else {
+            let configured: NetworkConfiguration?
+            do { configured = try NetworkConfiguration.fromEnvironment(environment) } catch {
+                throw CommandFailure("\(NetworkConfiguration.environmentVariable): \(error.description)")
+            }
+            guard let configured else {
+                throw CommandFailure("no --nid given and \(NetworkConfiguration.environmentVariable) is not set (e.g. --nid 192.0.2.2@o2ib)")
+            }
+            interface = configured.interfaces.first { $0.network.type != .loopback } ?? configured.interfaces[0]
+        }
+        var lnetLogger = logger
+        lnetLogger[metadataKey: "component"] = "lnet"
+        let lnet = LNet(configuration: LNet.Configuration(pid: options.pid), logger: lnetLogger)
+        let nid: NID
+        do {
+            switch interface.network.type {
+            case .loopback:
+                nid = try lnet.addLoopback().nid
+                self.tunables = nil
+            case .o2ib:
+                var lndLogger = logger
+                lndLogger[metadataKey: "component"] = "o2ib"
+                let ni = try lnet.addInterface(interface, lnd: RDMALND(tunables: tunables, logger: lndLogger))
+                nid = ni.nid
+                self.tunables = tunables
+                // Messages to our own NID go through loopback.
+                try lnet.addLoopback()
+            default:
+                let what = interface.nid.map { "\($0)" } ?? "\(interface)"
+                throw CommandFailure("cannot bring up \(what): network '\(interface.network)' has no LND in lnetctl (use o2ib or lo)")
+            }
+        } catch let error as LNetError {
+            lnet.shutdown()
+            let what = interface.nid.map { "\($0)" } ?? "\(interface)"
+            throw CommandFailure("cannot bring up \(what): \(error.description)")
+        } catch let failure as CommandFailure {
+            lnet.shutdown()
+            throw failure
+        } catch {
+            lnet.shutdown()
+            throw CommandFailure("\(error)")
+        }
+        self.lnet = lnet
+        self.nid = nid
+    }
+
+    /// Whether `target` is this node (so a local server must answer it).
+    func isLocal(_ target: ProcessID) -> Bool {
+        target.pid == lnet.pid && (target.nid == nid || target.nid == .loopback)
+    }
+
+    /// Lets messages still in flight finish (up to `timeout`), then shuts LNet down. Idempotent.
+    func shutdown(drainFor timeout: Duration = .seconds(2)) {
+        let deadline = ContinuousClock.now + timeout
+        while lnet.interfaces.contains(where: { $0.pendingMessageCount > 0 }), ContinuousClock.now < deadline {
+            usleep(1000)
+        }
+        lnet.shutdown()
+    }
+}
+
+/// Parses a target: `12345-192.0.2.1@o2ib`, or a bare NID (pid 12345).
+func parseTarget(_ text: String) throws(CommandFailure) -> ProcessID {
+    let target: ProcessID
+    do { target = try ProcessID(parsing: text) } catch { throw CommandFailure(error.description) }
+    guard !target.nid.isAny, target.pid != ProcessID.anyPID else { throw CommandFailure("target '\(text)' must name one process") }
+    return target
+}
+
+/// A byte count: digits with an optional binary suffix (`4096`, `64K`, `64KiB`, `1M`, `1MiB`, `1G`); KB/MB/GB are read
+/// as binary too, as perftest does.
+struct ByteCount: ExpressibleByArgument, Sendable, Equatable, CustomStringConvertible {
+    let value: Int
+
+    init(_ value: Int) { self.value = value }
+
+    init?(argument: String) {
+        var text = argument.trimmingCharacters(in: .whitespaces).uppercased()
+        if text.hasSuffix("IB") { text.removeLast(2) } else if text.hasSuffix("B") { text.removeLast() }
+        var shift = 0
+        switch text.last {
+        case "K": shift = 10
+        case "M": shift = 20
+        case "G": shift = 30
+        default: break
+        }
+        if shift > 0 { text.removeLast() }
+        guard !text.isEmpty, text.allSatisfy(\.isASCII), text.allSatisfy(\.isNumber), let number = Int(text),
+              number <= (Int.max >> shift) else { return nil }
+        value = number << shift
+    }
+
+    var description: String { formatBytes(value) }
+
+    static var defaultCompletionKind: CompletionKind { .default }
+}
+
+/// A duration: `10s`, `500ms`, `2m`, `1.5` (seconds).
+struct DurationArgument: ExpressibleByArgument, Sendable, Equatable {
+    let duration: Duration
+
+    init?(argument: String) {
+        let text = argument.trimmingCharacters(in: .whitespaces).lowercased()
+        let units: [(String, Double)] = [("ms", 0.001), ("us", 0.000_001), ("s", 1), ("m", 60), ("h", 3600)]
+        var scale = 1.0
+        var number = text
+        for (suffix, factor) in units where text.hasSuffix(suffix) {
+            scale = factor
+            number = String(text.dropLast(suffix.count))
+            break
+        }
+        guard let value = Double(number), value.isFinite, value > 0 else { return nil }
+        duration = .nanoseconds(Int64((value * scale * 1e9).rounded()))
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let c = components
+        return Double(c.seconds) + Double(c.attoseconds) / 1e18
+    }
+}
+
+extension BulkMode: ExpressibleByArgument {}
+extension SelftestOp: ExpressibleByArgument {}
+
+extension AdvertisedBulkMode {
+    init(_ mode: BulkMode) { self = mode == .pull ? .pull : .push }
+}
+
+/// Waits for SIGINT or SIGTERM (their default actions are turned off so the process can shut down cleanly).
+final class SignalWaiter: @unchecked Sendable {
+    private let queue = DispatchQueue(label: "lnetctl.signals")
+    private var sources: [DispatchSourceSignal] = []
+    private let state = Mutex<(received: Int32?, continuation: CheckedContinuation<Int32, Never>?)>((nil, nil))
+
+    /// Starts listening now (so a signal during start-up is not lost).
+    init(signals: [Int32] = [SIGINT, SIGTERM]) {
+        for number in signals {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+            source.setEventHandler { [weak self] in
+                let continuation = self?.state.withLock { state -> CheckedContinuation<Int32, Never>? in
+                    if state.received == nil { state.received = number }
+                    defer { state.continuation = nil }
+                    return state.continuation
+                }
+                continuation?.resume(returning: number)
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    /// The first signal received (waits for one if none came yet).
+    func wait() async -> Int32 {
+        await withCheckedContinuation { continuation in
+            let already = state.withLock { state -> Int32? in
+                if let received = state.received { return received }
+                state.continuation = continuation
+                return nil
+            }
+            if let already { continuation.resume(returning: already) }
+        }
+    }
+
+    deinit {
+        for source in sources { source.cancel() }
+    }
+}
+
+func micros(_ duration: Duration) -> Double { duration.seconds * 1e6 }
+
+func format(_ value: Double, _ decimals: Int = 1) -> String {
+    String(format: "%.\(decimals)f", value)
+}

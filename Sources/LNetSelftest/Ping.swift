@@ -1,0 +1,207 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import LNet
+import Synchronization
+
+/// Answers pings: a small MD describing this node (``NodeInfo``), attached on ``SelftestProtocol/pingPortal`` for
+/// GETs from anyone. A ping is one GET of it.
+public final class PingService: Sendable {
+    public let lnet: LNet
+    /// The node the MD describes.
+    public let info: NodeInfo
+    private let handles = Mutex<(me: MEHandle, md: MDHandle)?>(nil)
+    private let served = Atomic<Int>(0)
+
+    /// A service describing `nid` (the pid is the instance's).
+    public init(lnet: LNet, nid: NID) {
+        self.lnet = lnet
+        self.info = NodeInfo(nid: nid, pid: lnet.pid, startedNanoseconds: wallClockNanoseconds())
+    }
+
+    /// Pings answered so far.
+    public var pingsServed: Int { served.load(ordering: .relaxed) }
+
+    /// Attaches the ping MD. Idempotent.
+    public func start() throws(LNetError) {
+        guard handles.withLock({ $0 == nil }) else { return }
+        let buffer = try LNetBuffer(copying: info.encoded())
+        let counter = EventQueue(label: "ping-served", delivery: .inline { [weak self] event in
+            if event.kind == .get, event.status.isOK { self?.served.add(1, ordering: .relaxed) }
+        })
+        let attached = try lnet.attach(
+            MatchEntry(portal: SelftestProtocol.pingPortal, matchBits: SelftestProtocol.pingMatchBits, unlink: .retain),
+            descriptor: MemoryDescriptor(buffer: buffer, threshold: .infinite, options: [.get, .manageRemote, .truncate], eventQueue: counter))
+        let previous = handles.withLock { state -> (me: MEHandle, md: MDHandle)? in
+            defer { if state == nil { state = attached } }
+            return state
+        }
+        if previous != nil { try? lnet.unlink(attached.me) }
+    }
+
+    /// Detaches the ping MD.
+    public func stop() {
+        if let attached = handles.withLock({ state -> (me: MEHandle, md: MDHandle)? in
+            defer { state = nil }
+            return state
+        }) {
+            try? lnet.unlink(attached.me)
+        }
+    }
+}
+
+/// One answered ping.
+public struct PingReply: Sendable, Equatable {
+    /// Round-trip time: from the GET call until the REPLY landed.
+    public var roundTrip: Duration
+    /// Who answered.
+    public var node: NodeInfo
+}
+
+/// A failed ping.
+public struct PingError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var target: ProcessID
+    public var status: LNetStatus?
+    public var reason: String
+
+    public var description: String { "ping \(target): \(reason)" }
+}
+
+/// Pings `target` once: a GET of its ping MD. Fails with the LNet status (e.g. `no match` when the target runs no
+/// ping service), a timeout, or a decode error.
+public func ping(_ lnet: LNet, target: ProcessID, timeout: Duration = .seconds(10)) async throws(PingError) -> PingReply {
+    let buffer: LNetBuffer
+    do { buffer = try LNetBuffer(count: NodeInfo.encodedSize) } catch {
+        throw PingError(target: target, status: nil, reason: error.description)
+    }
+    let operation = SingleOperation(lnet: lnet)
+    let outcome = await operation.run(storage: .buffer(buffer), threshold: 2, timeout: timeout) { md throws(LNetError) in
+        try lnet.get(md, from: target, portal: SelftestProtocol.pingPortal, matchBits: SelftestProtocol.pingMatchBits)
+    }
+    if let error = outcome.error {
+        throw PingError(target: target, status: outcome.status, reason: error)
+    }
+    guard outcome.status.isOK else {
+        let hint = outcome.status == .noMatch ? " (the target runs no ping service)" : ""
+        throw PingError(target: target, status: outcome.status, reason: "\(outcome.status)\(hint)")
+    }
+    guard let reply = outcome.reply, reply.matchedLength >= NodeInfo.encodedSize else {
+        throw PingError(target: target, status: .ok, reason: "short ping reply (\(outcome.reply?.matchedLength ?? 0) bytes)")
+    }
+    let node: NodeInfo
+    do { node = try NodeInfo(decoding: buffer.read(length: reply.matchedLength)) } catch {
+        throw PingError(target: target, status: .ok, reason: error.description)
+    }
+    return PingReply(roundTrip: outcome.replyTime ?? outcome.elapsed, node: node)
+}
+
+/// Nanoseconds since the Unix epoch.
+func wallClockNanoseconds() -> UInt64 {
+    var spec = timespec()
+    clock_gettime(CLOCK_REALTIME, &spec)
+    return UInt64(max(0, spec.tv_sec)) * 1_000_000_000 + UInt64(max(0, spec.tv_nsec))
+}
+
+/// One operation on a freshly bound MD, awaited until the MD's last event (so its memory is free again), with a
+/// timeout that unlinks the MD. Events are handled inline so timestamps are taken where the completion happens.
+final class SingleOperation: Sendable {
+    struct Outcome: Sendable {
+        /// The first failure among the events (or `.timeout`), else `.ok`.
+        var status: LNetStatus = .ok
+        /// A failure before any event (the call threw).
+        var error: String?
+        var reply: LNetEvent?
+        var ack: LNetEvent?
+        /// Issue to REPLY (GET) or ACK (PUT).
+        var replyTime: Duration?
+        /// Issue to the last event.
+        var elapsed: Duration = .zero
+    }
+
+    private struct State {
+        var outcome = Outcome()
+        var done = false
+        var timedOut = false
+        var continuation: CheckedContinuation<Outcome, Never>?
+    }
+
+    let lnet: LNet
+    private let state = Mutex(State())
+    private let start = Mutex<ContinuousClock.Instant>(.now)
+
+    init(lnet: LNet) { self.lnet = lnet }
+
+    func run(storage: MemoryDescriptor.Storage, threshold: Int, timeout: Duration,
+             _ body: (MDHandle) throws(LNetError) -> Void) async -> Outcome {
+        let queue = EventQueue(label: "lst-op", delivery: .inline { [self] event in handle(event) })
+        let md: MDHandle
+        do {
+            md = try lnet.bind(MemoryDescriptor(storage: storage, threshold: .count(threshold), eventQueue: queue))
+        } catch {
+            return Outcome(status: .failed, error: error.description)
+        }
+        start.withLock { $0 = .now }
+        do {
+            try body(md)
+        } catch {
+            state.withLock { $0.outcome.error = error.description; $0.outcome.status = .failed }
+            try? lnet.unlink(md)
+        }
+        let timer = Task { [lnet] in
+            try? await Task.sleep(for: timeout)
+            guard !Task.isCancelled else { return }
+            let stillRunning = state.withLock { state -> Bool in
+                guard !state.done else { return false }
+                state.timedOut = true
+                return true
+            }
+            if stillRunning { try? lnet.unlink(md) }
+        }
+        let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<Outcome, Never>) in
+            let finished = state.withLock { state -> Outcome? in
+                if state.done { return state.outcome }
+                state.continuation = continuation
+                return nil
+            }
+            if let finished { continuation.resume(returning: finished) }
+        }
+        timer.cancel()
+        return outcome
+    }
+
+    private func handle(_ event: LNetEvent) {
+        let now = ContinuousClock.now
+        let began = start.withLock { $0 }
+        var unlinkNow = false
+        let resume = state.withLock { state -> (CheckedContinuation<Outcome, Never>, Outcome)? in
+            if state.timedOut, state.outcome.status.isOK { state.outcome.status = .timeout }
+            if !event.status.isOK, state.outcome.status.isOK { state.outcome.status = event.status }
+            switch event.kind {
+            case .reply:
+                state.outcome.reply = event
+                state.outcome.replyTime = now - began
+            case .ack:
+                state.outcome.ack = event
+                state.outcome.replyTime = now - began
+            default:
+                break
+            }
+            guard event.unlinked else {
+                // A failed SEND means the ACK/REPLY will never come: unlink so the MD's last event arrives.
+                unlinkNow = !event.status.isOK
+                return nil
+            }
+            state.done = true
+            state.outcome.elapsed = now - began
+            guard let continuation = state.continuation else { return nil }
+            state.continuation = nil
+            return (continuation, state.outcome)
+        }
+        if unlinkNow { try? lnet.unlink(event.md) }
+        if let (continuation, outcome) = resume { continuation.resume(returning: outcome) }
+    }
+}

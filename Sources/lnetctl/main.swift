@@ -1,0 +1,3 @@
+import LNetControl
+
+await Lnetctl.runMain()

@@ -1,0 +1,159 @@
+import LNet
+import Testing
+@testable import LNetSelftest
+
+@Suite struct WireTests {
+    @Test func sessionRequestRoundTrip() throws {
+        for kind in [SessionRequest.Kind.setup, .teardown] {
+            for op in SelftestOp.allCases {
+                let request = SessionRequest(kind: kind, session: 0x00AB_CDEF_0123_4567, op: op, size: 1 << 20,
+                                             concurrency: 8, verify: op != .read)
+                let bytes = request.encoded()
+                #expect(bytes.count == SessionRequest.encodedSize)
+                #expect(try SessionRequest(decoding: bytes) == request)
+            }
+        }
+    }
+
+    @Test func headerIsLittleEndian() {
+        let bytes = SessionRequest(kind: .setup, session: 0x0102_0304_0506_0708, op: .write, size: 0x10, concurrency: 2,
+                                   verify: true).encoded()
+        #expect(Array(bytes[0..<4]) == [0x31, 0x54, 0x53, 0x4C])  // "LST1" as a little-endian u32
+        #expect(Array(bytes[4..<6]) == [1, 0])
+        #expect(Array(bytes[6..<8]) == [1, 0])
+        #expect(Array(bytes[8..<16]) == [8, 7, 6, 5, 4, 3, 2, 1])
+        #expect(bytes[16] == 2 && bytes[17] == 1)
+        #expect(Array(bytes[20..<24]) == [0x10, 0, 0, 0])
+    }
+
+    @Test func sessionReplyRoundTrip() throws {
+        let reply = SessionReply(kind: .closed, session: 42, status: .tooMuchMemory, getMode: .push, putMode: .pull,
+                                 sessionMemoryLimit: 1 << 28, operationsServed: 7, bytesServed: 7 << 20,
+                                 verificationFailures: 1, serverCPUNanoseconds: 123_456, serverMaxRSSKiB: 65_536,
+                                 message: "session needs 1 GiB — too much")
+        #expect(try SessionReply(decoding: reply.encoded()) == reply)
+    }
+
+    @Test func longReplyMessageIsCutAtACharacterBoundary() throws {
+        let reply = SessionReply(kind: .ready, session: 1, status: .failed, message: String(repeating: "é", count: 400))
+        let bytes = reply.encoded()
+        #expect(bytes.count <= SelftestProtocol.replyBufferSize)
+        let decoded = try SessionReply(decoding: bytes)
+        #expect(decoded.message.allSatisfy { $0 == "é" } && !decoded.message.isEmpty)
+    }
+
+    @Test func verdictAndNodeInfoRoundTrip() throws {
+        let verdict = Verdict(session: 9, slot: 3, sequence: 77, status: .patternMismatch, badOffset: 4100)
+        #expect(verdict.encoded().count == Verdict.encodedSize)
+        #expect(Verdict.encodedSize <= SelftestProtocol.verdictSize)
+        #expect(try Verdict(decoding: verdict.encoded()) == verdict)
+        let info = NodeInfo(nid: try NID(parsing: "192.0.2.1@o2ib"), pid: 12345, startedNanoseconds: 99)
+        #expect(try NodeInfo(decoding: info.encoded()) == info)
+    }
+
+    @Test func decodeErrors() throws {
+        let good = SessionRequest(kind: .setup, session: 1, op: .read, size: 4096, concurrency: 1, verify: false).encoded()
+        #expect(throws: SelftestWireError.truncated(needed: 16, available: 3)) { try SessionRequest(decoding: Array(good[0..<3])) }
+        #expect(throws: SelftestWireError.truncated(needed: 20, available: 19)) { try SessionRequest(decoding: Array(good[0..<19])) }
+        var bad = good
+        bad[0] ^= 0xFF
+        #expect(throws: SelftestWireError.badMagic(0x4C53_54CE)) { try SessionRequest(decoding: bad) }
+        bad = good
+        bad[4] = 9
+        #expect(throws: SelftestWireError.unsupportedVersion(9)) { try SessionRequest(decoding: bad) }
+        bad = good
+        bad[16] = 7
+        #expect(throws: SelftestWireError.invalidField(name: "op", value: 7)) { try SessionRequest(decoding: bad) }
+        bad = good
+        bad[17] = 0x80
+        #expect(throws: SelftestWireError.invalidField(name: "flags", value: 0x80)) { try SessionRequest(decoding: bad) }
+        // A reply where a request is expected.
+        let reply = SessionReply(kind: .ready, session: 1, status: .ok).encoded()
+        #expect(throws: SelftestWireError.unexpectedType(got: 3, expected: [1, 2])) { try SessionRequest(decoding: reply) }
+        // A reply whose message length runs past the end.
+        var truncatedText = SessionReply(kind: .ready, session: 1, status: .ok, message: "hello").encoded()
+        truncatedText.removeLast(2)
+        #expect(throws: SelftestWireError.self) { try SessionReply(decoding: truncatedText) }
+    }
+
+    @Test func randomBytesNeverCrashTheDecoders() {
+        var generator = SystemRandomNumberGenerator()
+        let valid = [SessionRequest(kind: .setup, session: 5, op: .write, size: 9, concurrency: 2, verify: true).encoded(),
+                     SessionReply(kind: .ready, session: 5, status: .ok, message: "x").encoded(),
+                     Verdict(session: 5, slot: 1, sequence: 2, status: .ok).encoded(),
+                     NodeInfo(nid: .loopback, pid: 1, startedNanoseconds: 2).encoded()]
+        for _ in 0..<2000 {
+            var bytes = valid.randomElement(using: &generator)!
+            let flips = Int.random(in: 0...4, using: &generator)
+            for _ in 0..<flips where !bytes.isEmpty { bytes[Int.random(in: 0..<bytes.count, using: &generator)] = .random(in: 0...255, using: &generator) }
+            if Bool.random(using: &generator) { bytes = Array(bytes.prefix(Int.random(in: 0...bytes.count, using: &generator))) }
+            _ = try? SessionRequest(decoding: bytes)
+            _ = try? SessionReply(decoding: bytes)
+            _ = try? Verdict(decoding: bytes)
+            _ = try? NodeInfo(decoding: bytes)
+        }
+    }
+
+    @Test func matchBitsKeepKindAndSessionApart() {
+        let session: UInt64 = 0x00FF_FFFF_FFFF_FFFF
+        #expect(SelftestProtocol.matchBits(.data, session: session) != SelftestProtocol.matchBits(.reply, session: session))
+        #expect(SelftestProtocol.matchBits(.verdict, session: session) >> 56 == 3)
+        #expect(SelftestProtocol.matchBits(.data, session: .max) & SelftestProtocol.sessionMask == SelftestProtocol.sessionMask)
+        let portals: Set<UInt32> = [SelftestProtocol.pingPortal, SelftestProtocol.controlPortal, SelftestProtocol.replyPortal,
+                                    SelftestProtocol.dataPortal]
+        #expect(portals.count == 4)
+    }
+}
+
+@Suite struct PatternAndHistogramTests {
+    @Test func patternsDifferBySlotAndSession() throws {
+        let a = try LNetBuffer(count: 1000)
+        let b = try LNetBuffer(count: 1000)
+        SelftestPattern.fill(a.bytes, seed: SelftestPattern.readSeed(session: 1, slot: 0))
+        SelftestPattern.fill(b.bytes, seed: SelftestPattern.readSeed(session: 1, slot: 1))
+        #expect(SelftestPattern.firstDifference(UnsafeRawBufferPointer(a.bytes), UnsafeRawBufferPointer(b.bytes)) != nil)
+        SelftestPattern.fill(b.bytes, seed: SelftestPattern.readSeed(session: 1, slot: 0))
+        #expect(SelftestPattern.firstDifference(UnsafeRawBufferPointer(a.bytes), UnsafeRawBufferPointer(b.bytes)) == nil)
+        b.bytes[997] ^= 1
+        #expect(SelftestPattern.firstDifference(UnsafeRawBufferPointer(a.bytes), UnsafeRawBufferPointer(b.bytes)) == 997)
+    }
+
+    @Test func stampFitsSmallSlots() throws {
+        let buffer = try LNetBuffer(count: 3)
+        SelftestPattern.stamp(buffer.bytes, sequence: 0x0102_0304)
+        #expect(buffer.read() == [4, 3, 2])
+        #expect(SelftestPattern.readStamp(UnsafeRawBufferPointer(buffer.bytes)) == SelftestPattern.truncatedSequence(0x0102_0304, size: 3))
+    }
+
+    @Test func histogramPercentiles() {
+        var histogram = LatencyHistogram()
+        #expect(histogram.percentile(50) == 0)
+        for value in 1...10_000 { histogram.record(UInt64(value) * 1000) }
+        #expect(histogram.count == 10_000)
+        #expect(histogram.maximum == 10_000_000 && histogram.minimum == 1000)
+        let p50 = Double(histogram.percentile(50))
+        let p99 = Double(histogram.percentile(99))
+        #expect(abs(p50 - 5_000_000) / 5_000_000 < 0.02)
+        #expect(abs(p99 - 9_900_000) / 9_900_000 < 0.02)
+        #expect(histogram.percentile(100) == 10_000_000)
+        #expect(abs(histogram.mean - 5_000_500) < 1)
+    }
+
+    @Test func histogramBucketsAreContiguous() {
+        var previous = LatencyHistogram.range(of: 0)
+        for index in 1..<LatencyHistogram.bucketCount {
+            let range = LatencyHistogram.range(of: index)
+            #expect(range.lowerBound == previous.upperBound &+ 1, "bucket \(index)")
+            #expect(LatencyHistogram.index(of: range.lowerBound) == index && LatencyHistogram.index(of: range.upperBound) == index)
+            previous = range
+            if range.upperBound == .max { break }
+        }
+        #expect(LatencyHistogram.index(of: .max) == LatencyHistogram.bucketCount - 1)
+    }
+
+    @Test func jsonIsSortedAndEscaped() {
+        let value = JSONValue.object(["b": .int(1), "a": .array([.string("x\"\n"), .bool(true), .null, .number(1.23456, decimals: 2)]),
+                                      "c": .double(.nan), "d": .double(3)])
+        #expect(value.description == #"{"a":["x\"\n",true,null,1.23],"b":1,"c":null,"d":3}"#)
+    }
+}

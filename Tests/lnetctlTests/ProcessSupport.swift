@@ -1,0 +1,79 @@
+import Foundation
+import Testing
+
+/// Runs the built `lnetctl` binary (next to the test bundle, or `LNETCTL_BINARY`).
+enum LnetctlBinary {
+    static let url: URL = {
+        if let path = ProcessInfo.processInfo.environment["LNETCTL_BINARY"] { return URL(fileURLWithPath: path) }
+        return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("lnetctl")
+    }()
+
+    static var exists: Bool { FileManager.default.isExecutableFile(atPath: url.path) }
+
+    struct Outcome {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+
+        var stderrLines: [Substring] { stderr.split(separator: "\n") }
+
+        /// stdout parsed as exactly one JSON object.
+        func json() throws -> [String: Any] {
+            let trimmed = stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(!trimmed.contains("\n"), "more than one line on stdout: \(stdout)")
+            let value = try JSONSerialization.jsonObject(with: Data(trimmed.utf8))
+            return try #require(value as? [String: Any], "not a JSON object: \(stdout)")
+        }
+    }
+
+    /// The environment for a child: this process's, without LND_/LNET_ variables unless given.
+    static func environment(_ extra: [String: String]) -> [String: String] {
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("LND_") && !$0.key.hasPrefix("LNET_") }
+        for (key, value) in extra { environment[key] = value }
+        return environment
+    }
+
+    static func start(_ arguments: [String], environment extra: [String: String] = [:]) throws -> (Process, Pipe, Pipe) {
+        let process = Process()
+        process.executableURL = url
+        process.arguments = arguments
+        process.environment = environment(extra)
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        return (process, out, err)
+    }
+
+    /// Runs to completion (killing it after `timeout` seconds).
+    static func run(_ arguments: [String], environment extra: [String: String] = [:], timeout: Double = 120) async throws -> Outcome {
+        let (process, out, err) = try start(arguments, environment: extra)
+        return try await finish(process, out, err, timeout: timeout)
+    }
+
+    static func finish(_ process: Process, _ out: Pipe, _ err: Pipe, timeout: Double = 120) async throws -> Outcome {
+        // Read both pipes while the child runs, so a full pipe never blocks it.
+        async let stdout = Task.detached { out.fileHandleForReading.readDataToEndOfFile() }.value
+        async let stderr = Task.detached { err.fileHandleForReading.readDataToEndOfFile() }.value
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning {
+            if Date() > deadline {
+                process.terminate()
+                Issue.record("lnetctl \(process.arguments ?? []) did not finish in \(timeout) s")
+                break
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        process.waitUntilExit()
+        return Outcome(status: process.terminationStatus, stdout: String(decoding: await stdout, as: UTF8.self),
+                       stderr: String(decoding: await stderr, as: UTF8.self))
+    }
+}
+
+extension Trait where Self == ConditionTrait {
+    static var needsBinary: Self {
+        .enabled(if: LnetctlBinary.exists, "lnetctl is not built next to the test bundle (swift build builds it)")
+    }
+}
