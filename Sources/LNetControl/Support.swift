@@ -197,19 +197,8 @@ struct ByteCount: ExpressibleByArgument, Sendable, Equatable, CustomStringConver
     init(_ value: Int) { self.value = value }
 
     init?(argument: String) {
-        var text = argument.trimmingCharacters(in: .whitespaces).uppercased()
-        if text.hasSuffix("IB") { text.removeLast(2) } else if text.hasSuffix("B") { text.removeLast() }
-        var shift = 0
-        switch text.last {
-        case "K": shift = 10
-        case "M": shift = 20
-        case "G": shift = 30
-        default: break
-        }
-        if shift > 0 { text.removeLast() }
-        guard !text.isEmpty, text.allSatisfy(\.isASCII), text.allSatisfy(\.isNumber), let number = Int(text),
-              number <= (Int.max >> shift) else { return nil }
-        value = number << shift
+        guard let value = parseSize(argument) else { return nil }
+        self.value = value
     }
 
     var description: String { formatBytes(value) }

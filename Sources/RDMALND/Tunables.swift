@@ -225,8 +225,9 @@ extension LNDTunables {
     }
 }
 
-/// Parses a byte count: digits with an optional binary suffix K, M or G (`4K`, `1M`, `64KiB`).
-func parseSize(_ text: String) -> Int? {
+/// Parses a byte count: digits with an optional binary suffix K, M or G (`4K`, `1M`, `64KiB`; KB/MB/GB are read
+/// as binary too, as perftest does). Used by the tunables and by `lnetctl`'s size arguments.
+public func parseSize(_ text: String) -> Int? {
     var digits = text.trimmingCharacters(in: .whitespaces).uppercased()
     if digits.hasSuffix("IB") { digits.removeLast(2) } else if digits.hasSuffix("B") { digits.removeLast() }
     var shift = 0
@@ -237,6 +238,6 @@ func parseSize(_ text: String) -> Int? {
     default: break
     }
     if shift > 0 { digits.removeLast() }
-    guard !digits.isEmpty, digits.allSatisfy(\.isNumber), let value = Int(digits), value <= (Int.max >> shift) else { return nil }
+    guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let value = Int(digits), value <= (Int.max >> shift) else { return nil }
     return value << shift
 }
