@@ -110,8 +110,10 @@ public final class LoopbackLND: LNetLND {
             return
         }
         window.copy(from: context.source)
-        ni.finalize(message, status: .ok)
+        // The sender's message is done first: once the receiver's event fires, the application may shut down,
+        // and nothing of this transfer may be left unfinalized then.
         context.completeSend(ni, .ok)
+        ni.finalize(message, status: .ok)
     }
 
     public func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any Sendable)?) {
