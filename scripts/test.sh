@@ -39,5 +39,5 @@ if ((dev_passed == 0)); then
 fi
 total_passed=$((host_passed + dev_passed))
 total_failed=$((host_failed + dev_failed))
-echo "tests: $total_passed passed, $total_failed failed"
+echo "tests: $total_passed passed, $total_failed failed" | tee results/summary.txt
 ((host_status == 0 && device_status == 0 && total_failed == 0))
