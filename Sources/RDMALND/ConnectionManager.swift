@@ -23,9 +23,7 @@ final class ConnectionManager: @unchecked Sendable {
     private let channel: CMEventChannel
     /// Released on stop, so the address and port are free again at once.
     private var listener: CMID?
-    private let wakePipe: WakePipe
-    private let running = Atomic<Bool>(true)
-    private let finished = Mutex<Bool>(false)
+    private let thread: ServiceThread
     private let requests = Mutex<Deque<Connection>>([])
     /// Only the CM thread touches this map.
     private var byID: [ObjectIdentifier: (CMID, Connection, ConnectionLimits)] = [:]
@@ -37,26 +35,23 @@ final class ConnectionManager: @unchecked Sendable {
         self.channel = channel
         self.listener = listener
         self.runtime = runtime
-        self.wakePipe = try WakePipe()
+        self.thread = try ServiceThread()
     }
 
     private var context: LNDContext { runtime.context }
     private var logger: Logger { runtime.context.logger }
 
     func start(name: String) {
-        let thread = Thread { [self] in run() }
-        thread.name = name
-        thread.start()
+        thread.start(name: name, watching: channel.fileDescriptor, body: { [self] in serveOnce() },
+                     tearDown: { [self] in
+                         byID.removeAll()
+                         retries.removeAll()
+                     })
     }
 
     /// Stops the thread and waits for it; then releases the listener and every id still held.
     func stop() {
-        running.store(false, ordering: .releasing)
-        wake()
-        let deadline = ContinuousClock.now + .seconds(10)
-        while !finished.withLock({ $0 }) && ContinuousClock.now < deadline {
-            Thread.sleep(forTimeInterval: 0.001)
-        }
+        thread.stop()
         listener = nil
     }
 
@@ -67,36 +62,24 @@ final class ConnectionManager: @unchecked Sendable {
     }
 
     private func wake() {
-        wakePipe.wake()
+        thread.wake()
     }
 
-    private func run() {
-        defer {
-            byID.removeAll()
-            retries.removeAll()
-            finished.withLock { $0 = true }
+    /// One pass of the CM thread: connect requests, due retries, then every pending rdma_cm event.
+    private func serveOnce() {
+        for connection in requests.withLock({ queue -> [Connection] in defer { queue.removeAll() }; return Array(queue) }) {
+            startActive(connection, limits: context.localLimits)
         }
-        var fds = [pollfd(fd: channel.fileDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: wakePipe.readFD, events: Int16(POLLIN), revents: 0)]
-        while running.load(ordering: .acquiring) {
-            _ = poll(&fds, 2, 100)
-            if fds[1].revents != 0 {
-                wakePipe.drain()
-            }
-            for connection in requests.withLock({ queue -> [Connection] in defer { queue.removeAll() }; return Array(queue) }) {
-                startActive(connection, limits: context.localLimits)
-            }
-            let now = ContinuousClock.now
-            let due = retries.filter { $0.at <= now }
-            retries.removeAll { $0.at <= now }
-            for retry in due where retry.connection.phase == .connecting {
-                startActive(retry.connection, limits: retry.limits)
-            }
-            do {
-                while let event = try channel.nextEvent() { handle(event) }
-            } catch {
-                logger.error("rdma_cm event channel failed: \(error)")
-            }
+        let now = ContinuousClock.now
+        let due = retries.filter { $0.at <= now }
+        retries.removeAll { $0.at <= now }
+        for retry in due where retry.connection.phase == .connecting {
+            startActive(retry.connection, limits: retry.limits)
+        }
+        do {
+            while let event = try channel.nextEvent() { handle(event) }
+        } catch {
+            logger.error("rdma_cm event channel failed: \(error)")
         }
     }
 

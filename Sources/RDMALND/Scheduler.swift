@@ -14,12 +14,12 @@ import Glibc
 final class Scheduler: @unchecked Sendable {
     let index: Int
     let channel: CompletionChannel
-    private let wakePipe: WakePipe
+    private let thread: ServiceThread
     private let connections = Mutex<[ObjectIdentifier: Connection]>([:])
     private let kicked = Mutex<[Connection]>([])
-    private let running = Atomic<Bool>(true)
-    private let finished = Mutex<Bool>(false)
     private let logger: Logger
+    /// When the connections' timers last ran (only the scheduler thread touches it).
+    private var lastTimers = ContinuousClock.now
     /// How long to keep polling after the last completion before going back to sleep.
     private let busyPollWindow: Duration
 
@@ -35,7 +35,7 @@ final class Scheduler: @unchecked Sendable {
         self.cpus = partitions.count > 0 ? partitions.cpus[partition] : []
         self.vectors = max(1, context.completionVectorCount)
         self.channel = try CompletionChannel(context: context)
-        self.wakePipe = try WakePipe()
+        self.thread = try ServiceThread()
         var logger = logger
         logger[metadataKey: "scheduler"] = "\(index)"
         self.logger = logger
@@ -43,9 +43,8 @@ final class Scheduler: @unchecked Sendable {
     }
 
     func start(name: String) {
-        let thread = Thread { [self] in run() }
-        thread.name = name
-        thread.start()
+        thread.start(name: name, watching: channel.fileDescriptor, setUp: { [self] in bindToPartition() },
+                     body: { [self] in serveOnce() })
     }
 
     func register(_ connection: Connection, queue: CompletionQueue) {
@@ -66,17 +65,12 @@ final class Scheduler: @unchecked Sendable {
     }
 
     func wake() {
-        wakePipe.wake()
+        thread.wake()
     }
 
     /// Stops the thread and waits for it to end.
     func stop() {
-        running.store(false, ordering: .releasing)
-        wake()
-        let deadline = ContinuousClock.now + .seconds(10)
-        while !finished.withLock({ $0 }) && ContinuousClock.now < deadline {
-            Thread.sleep(forTimeInterval: 0.001)
-        }
+        thread.stop()
     }
 
     /// The completion vector for a peer's CQ: hashed from its NID, like the scheduler.
@@ -100,34 +94,24 @@ final class Scheduler: @unchecked Sendable {
         }
     }
 
-    private func run() {
-        defer { finished.withLock { $0 = true } }
-        bindToPartition()
-        var lastTimers = ContinuousClock.now
-        var fds = [pollfd(fd: channel.fileDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: wakePipe.readFD, events: Int16(POLLIN), revents: 0)]
-        while running.load(ordering: .acquiring) {
-            _ = poll(&fds, 2, 100)
-            if fds[1].revents != 0 {
-                wakePipe.drain()
+    /// One pass of the scheduler thread: the CQs that fired (or were kicked), then timers every 100 ms.
+    private func serveOnce() {
+        var ready = kicked.withLock { list -> [Connection] in
+            defer { list.removeAll() }
+            return list
+        }
+        do {
+            while let queue = try channel.nextEvent() {
+                if let connection = connections.withLock({ $0[ObjectIdentifier(queue)] }) { ready.append(connection) }
             }
-            var ready = kicked.withLock { list -> [Connection] in
-                defer { list.removeAll() }
-                return list
-            }
-            do {
-                while let queue = try channel.nextEvent() {
-                    if let connection = connections.withLock({ $0[ObjectIdentifier(queue)] }) { ready.append(connection) }
-                }
-            } catch {
-                logger.error("completion channel failed: \(error)")
-            }
-            if !ready.isEmpty { serve(ready) }
-            let now = ContinuousClock.now
-            if now - lastTimers > .milliseconds(100) {
-                lastTimers = now
-                for connection in connections.withLock({ Array($0.values) }) { connection.checkTimers(now: now) }
-            }
+        } catch {
+            logger.error("completion channel failed: \(error)")
+        }
+        if !ready.isEmpty { serve(ready) }
+        let now = ContinuousClock.now
+        if now - lastTimers > .milliseconds(100) {
+            lastTimers = now
+            for connection in connections.withLock({ Array($0.values) }) { connection.checkTimers(now: now) }
         }
     }
 

@@ -17,9 +17,9 @@ public final class CMEventChannel: @unchecked Sendable {
 
     public init() throws(VerbsError) {
         self.pointer = try VerbsError.unwrap("rdma_create_event_channel", rdma_create_event_channel())
-        let flags = fcntl(pointer.pointee.fd, F_GETFL)
-        if fcntl(pointer.pointee.fd, F_SETFL, flags | O_NONBLOCK) < 0 {
-            let error = VerbsError(call: "fcntl(O_NONBLOCK)", errno: VerbsError.current)
+        do {
+            try FileDescriptorWait.makeNonBlocking(pointer.pointee.fd)
+        } catch {
             rdma_destroy_event_channel(pointer)
             throw error
         }

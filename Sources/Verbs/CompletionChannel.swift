@@ -19,9 +19,9 @@ public final class CompletionChannel: @unchecked Sendable {
     public init(context: DeviceContext) throws(VerbsError) {
         self.pointer = try VerbsError.unwrap("ibv_create_comp_channel", ibv_create_comp_channel(context.pointer), detail: context.name)
         self.context = context
-        let flags = fcntl(pointer.pointee.fd, F_GETFL)
-        if fcntl(pointer.pointee.fd, F_SETFL, flags | O_NONBLOCK) < 0 {
-            let error = VerbsError(call: "fcntl(O_NONBLOCK)", errno: VerbsError.current)
+        do {
+            try FileDescriptorWait.makeNonBlocking(pointer.pointee.fd)
+        } catch {
             ibv_destroy_comp_channel(pointer)
             throw error
         }
@@ -69,8 +69,15 @@ public final class CompletionChannel: @unchecked Sendable {
     }
 }
 
-/// `poll(2)` on one descriptor, retried on EINTR, with a Duration timeout.
+/// `poll(2)` on one descriptor, retried on EINTR, with a Duration timeout; and making a channel's descriptor
+/// non-blocking.
 enum FileDescriptorWait {
+    static func makeNonBlocking(_ fd: Int32) throws(VerbsError) {
+        if fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0 {
+            throw VerbsError(call: "fcntl(O_NONBLOCK)", errno: VerbsError.current)
+        }
+    }
+
     /// Returns when the descriptor is readable or the timeout passed (the caller re-checks).
     static func readable(_ fd: Int32, timeout: Duration?, call: String) throws(VerbsError) {
         var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
