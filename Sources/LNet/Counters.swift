@@ -38,6 +38,22 @@ public struct LNetInterfaceCounters: Hashable, Sendable {
     public var pendingMessages: Int
     /// Finalize calls on already-finalized messages (LND bugs; logged as errors).
     public var doubleFinalizations: Int
+    /// Messages handed to the LND (sends, receives and REPLYs it created), since start-up.
+    public var messagesHandedToLND = 0
+    /// Handed messages finalized with success.
+    public var finalizedOK = 0
+    /// Handed messages finalized with an error status (including those LNet finalized at shutdown).
+    public var finalizedWithError = 0
+    /// Messages the LND still held after its shutdown, which LNet then finalized with ``LNetStatus/shutdown``
+    /// (an LND bug: it must finalize what it holds).
+    public var unfinalizedAtShutdown = 0
+
+    /// Every message handed to the LND was finalized exactly once, by the LND: nothing pending, nothing
+    /// finalized twice, nothing left for LNet to clean up at shutdown.
+    public var finalizedExactlyOnce: Bool {
+        pendingMessages == 0 && doubleFinalizations == 0 && unfinalizedAtShutdown == 0
+            && messagesHandedToLND == finalizedOK + finalizedWithError
+    }
 }
 
 /// A point-in-time copy of every counter of an LNet instance (what `lnetctl stats show` prints).
@@ -98,6 +114,10 @@ final class NICounters: Sendable {
         var peers: [NID: LNetCounterSet] = [:]
         var peerMetrics: [NID: Metrics] = [:]
         var doubleFinalizations = 0
+        var handed = 0
+        var finalizedOK = 0
+        var finalizedWithError = 0
+        var unfinalizedAtShutdown = 0
     }
 
     private let state = Mutex(State())
@@ -158,10 +178,26 @@ final class NICounters: Sendable {
         state.withLock { $0.doubleFinalizations += 1 }
     }
 
+    func recordHandedToLND() {
+        state.withLock { $0.handed += 1 }
+    }
+
+    func recordFinalized(ok: Bool) {
+        state.withLock { state in
+            if ok { state.finalizedOK += 1 } else { state.finalizedWithError += 1 }
+        }
+    }
+
+    func recordUnfinalizedAtShutdown(_ count: Int) {
+        state.withLock { $0.unfinalizedAtShutdown += count }
+    }
+
     func snapshot(pending: Int) -> LNetInterfaceCounters {
         state.withLock { state in
             LNetInterfaceCounters(nid: nid, totals: state.totals, peers: state.peers, pendingMessages: pending,
-                                  doubleFinalizations: state.doubleFinalizations)
+                                  doubleFinalizations: state.doubleFinalizations, messagesHandedToLND: state.handed,
+                                  finalizedOK: state.finalizedOK, finalizedWithError: state.finalizedWithError,
+                                  unfinalizedAtShutdown: state.unfinalizedAtShutdown)
         }
     }
 }

@@ -557,6 +557,7 @@ public final class LNet: Sendable {
             return
         }
         ni.untrack(message)
+        ni.counters.recordFinalized(ok: status.isOK)
         let completion = message.completion
         let eventStatus = status.isOK ? completion.remoteStatus : status
         if !status.isOK {
@@ -668,6 +669,7 @@ public final class LNet: Sendable {
             ni.lnd.shutdown(ni: ni)
             let leftovers = ni.takeAllPending()
             if !leftovers.isEmpty {
+                ni.counters.recordUnfinalizedAtShutdown(leftovers.count)
                 ni.logger.error("LND left messages unfinalized at shutdown; finalizing them",
                                 metadata: ["count": "\(leftovers.count)"])
             }

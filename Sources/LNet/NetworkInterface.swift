@@ -104,6 +104,7 @@ public final class LNetNI: Sendable, CustomStringConvertible {
     // MARK: - Core side
 
     func track(_ message: LNetMessage) {
+        counters.recordHandedToLND()
         pending.withLock { $0[message.id] = message }
     }
 

@@ -56,6 +56,9 @@ final class RecordingMetrics: MetricsFactory, Sendable {
         #expect(lo.totals.drops == 1 && lo.totals.droppedBytes == 100 && lo.totals.errors == 1)
         #expect(lo.peers[.loopback] == lo.totals)
         #expect(lo.pendingMessages == 0 && lo.doubleFinalizations == 0)
+        // 6 PUT sends + 5 PUT receives + 6 ACK sends + 6 ACK receives handed over; one PUT send failed.
+        #expect(lo.messagesHandedToLND == 23 && lo.finalizedOK == 22 && lo.finalizedWithError == 1)
+        #expect(lo.unfinalizedAtShutdown == 0 && lo.finalizedExactlyOnce)
         #expect(lnet.counters().totals == lo.totals)
         #expect(lnet.counters().description.contains("ni 0@lo"))
         #expect(metrics.value("lnet_messages_sent_total", [("ni", "0@lo")]) == 11)

@@ -79,6 +79,7 @@ final class ManualLND: LNetLND {
         let counters = try #require(lnet.counters().interface(ni.nid))
         #expect(counters.doubleFinalizations == 1 && counters.pendingMessages == 0)
         #expect(counters.totals.messagesSent == 1 && counters.totals.bytesSent == 3)
+        #expect(counters.messagesHandedToLND == 1 && counters.finalizedOK == 1 && !counters.finalizedExactlyOnce)
     }
 
     @Test func incomingPutIsReceivedIntoTheMatchedWindowAndAcked() throws {
@@ -248,6 +249,9 @@ final class ManualLND: LNetLND {
         #expect(statuses == [.shutdown, .shutdown, .shutdown])
         #expect(lnet.counters().interface(ni.nid)?.pendingMessages == 0)
         #expect(lnet.counters().interface(ni.nid)?.totals.errors == 3)
+        // The LND finalized one of the three itself; LNet had to finalize the other two.
+        #expect(lnet.counters().interface(ni.nid)?.unfinalizedAtShutdown == 2)
+        #expect(lnet.counters().interface(ni.nid)?.finalizedExactlyOnce == false)
         #expect(throws: LNetError.shutdown) { try lnet.put(md, to: remote, portal: 1, matchBits: 1) }
     }
 
