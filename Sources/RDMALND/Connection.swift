@@ -1002,6 +1002,17 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
                 || state.replies.first.map { $0.deadline < now } == true
             if expired {
                 context.counters.bump(.timeouts)
+                // What the connection was waiting for, for the log (as o2iblnd's "timed out tx" lines).
+                let waitingFor = state.transactions.values.sorted { $0.cookie < $1.cookie }.prefix(8).map { t in
+                    "\(t.kind)#\(t.cookie)(steps \(t.pendingSteps), request \(t.requestPosted ? "posted" : "unposted"), \(t.pull ? "pull" : "push"))"
+                }
+                logger.warning("message timed out", metadata: [
+                    "posted": "\(state.posted.count)", "rdmaInFlight": "\(state.rdmaInFlight)", "queued": "\(state.queue.count)",
+                    "replies": "\(state.replies.count)", "rdmaJobs": "\(state.rdmaJobs.count)",
+                    "credits": "\(state.credits.available) available, \(state.credits.owed) owed, \(state.credits.transactions) transactions",
+                    "transactions": "\(state.transactions.count): \(waitingFor.joined(separator: ", "))",
+                    "lastReceive": "\(now - state.lastReceive) ago", "lastSend": "\(now - state.lastSend) ago",
+                ])
                 closeLocked(&state, reason: "a message timed out after \(context.tunables.timeout) s", status: .timeout, &actions)
                 return
             }
@@ -1068,7 +1079,16 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         actions.add { [self] in
             // The QP is ours, not rdma_cm's: flush it ourselves, then tell the peer.
             try? queuePair?.moveToError()
-            if let id { try? id.disconnect() }
+            // Tell the peer - unless our port is down: rxe fails a CM message sent then and with it the device's
+            // MAD queue pair for good (no rdma_cm connection on the device works afterwards). The peer learns from
+            // its own timeouts, or from our next connection replacing this one.
+            if let id {
+                if id.portState() == .down {
+                    logger.info("port down: not sending a disconnect request")
+                } else {
+                    try? id.disconnect()
+                }
+            }
             // Posted sends still own transmit descriptors: keep polling until the flush returns them.
             if drained { manager.closed(self) }
             for message in messages { message.ni.finalize(message, status: status) }
@@ -1090,10 +1110,14 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     /// What `lnetctl` shows of a connection.
     var info: LNDConnectionInfo {
         state.withLock { state in
-            LNDConnectionInfo(peer: peer, role: role.rawValue, phase: "\(state.phase)",
-                              queueDepth: Int(state.resources?.limits.queueDepth ?? 0),
-                              pathMTU: (try? state.resources?.queuePair.pathMTU())??.rawValue,
-                              credits: state.credits.available, pending: state.waiting.count + state.queue.count + state.transactions.count)
+            let retransmission = state.phase == .established ? try? state.resources?.queuePair.retransmission() : nil
+            return LNDConnectionInfo(peer: peer, role: role.rawValue, phase: "\(state.phase)",
+                                     queueDepth: Int(state.resources?.limits.queueDepth ?? 0),
+                                     pathMTU: (try? state.resources?.queuePair.pathMTU())??.rawValue,
+                                     ackTimeout: retransmission.map { Int($0.ackTimeout) },
+                                     retryCount: retransmission.map { Int($0.retryCount) },
+                                     credits: state.credits.available,
+                                     pending: state.waiting.count + state.queue.count + state.transactions.count)
         }
     }
 

@@ -89,6 +89,7 @@ final class ConnectionManager: @unchecked Sendable {
         do {
             let id = try channel.createID()
             byID[ObjectIdentifier(id)] = (id, connection, limits)
+            try id.setAckTimeout(UInt8(context.tunables.ackTimeout))
             let source = try IPv4Endpoint(formatIPv4(context.nid.address))
             let destination = try IPv4Endpoint(formatIPv4(connection.peer.address), port: UInt16(context.tunables.servicePort))
             try id.resolveAddress(from: source, to: destination, timeout: .seconds(min(context.tunables.timeout, 5)))
@@ -256,6 +257,7 @@ final class ConnectionManager: @unchecked Sendable {
             connection = fresh
         }
         do {
+            try id.setAckTimeout(UInt8(context.tunables.ackTimeout))
             try connection.attach(id: id, limits: request.limits)
             let accept = ConnectAccept(source: context.nid.rawValue, sourceStamp: context.stamp, requesterStamp: request.sourceStamp,
                                        limits: request.limits, destination: request.source)

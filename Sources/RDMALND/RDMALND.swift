@@ -328,6 +328,9 @@ public struct LNDConnectionInfo: Sendable, Hashable {
     public var queueDepth: Int
     /// The QP's path MTU in bytes (LND_IB_MTU, or the port's).
     public var pathMTU: Int?
+    /// The QP's local ACK timeout exponent (LND_ACK_TIMEOUT) and retry count (LND_RETRY_COUNT), as the QP reports them.
+    public var ackTimeout: Int?
+    public var retryCount: Int?
     public var credits: Int
     public var pending: Int
 }

@@ -37,6 +37,10 @@ public struct LNDTunables: Sendable, Equatable {
     public var keepalive = 100
     /// Transport retries before a send fails (the QP's retry_cnt).
     public var retryCount = 5
+    /// Local ACK timeout exponent of the QPs: a packet not acknowledged is resent after 4.096 us x 2^n (17: about
+    /// 0.54 s); a send fails after `retryCount` + 1 such timeouts. Set explicitly because rdma_cm's default for a
+    /// RoCE passive side can be hours (a lost last packet would then stall the connection until LND_TIMEOUT).
+    public var ackTimeout = 17
     /// Receiver-not-ready retries (7 means forever). Credits make RNR retries unnecessary in normal operation.
     public var rnrRetryCount = 6
     /// Path MTU in bytes (0: the port's active MTU).
@@ -177,6 +181,7 @@ extension LNDTunables {
         .integer("lnd.timeout", \.timeout, 1...3600, "seconds before a message fails with a timeout"),
         .integer("lnd.keepalive", \.keepalive, 0...3600, "seconds of silence before a keepalive NOOP (0: off)"),
         .integer("lnd.retryCount", \.retryCount, 0...7, "transport retries before a send fails"),
+        .integer("lnd.ackTimeout", \.ackTimeout, 1...31, "QP local ACK timeout: resend after 4.096 us x 2^n (17: 0.54 s)"),
         .integer("lnd.rnrRetryCount", \.rnrRetryCount, 0...7, "receiver-not-ready retries (7: forever)"),
         .choice("lnd.ibMtu", \.ibMTU, [0, 256, 512, 1024, 2048, 4096], "path MTU in bytes (0: the port's active MTU)"),
         .integer("lnd.servicePort", \.servicePort, 1...65_535, "rdma_cm service port"),

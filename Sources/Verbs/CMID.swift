@@ -113,6 +113,14 @@ public final class CMID: @unchecked Sendable {
         try VerbsError.check("rdma_resolve_route", rdma_resolve_route(pointer, ms))
     }
 
+    /// The state of the port this id is bound to (nil before it is bound to a device, or if the query fails).
+    public func portState() -> PortState? {
+        guard let verbs = pointer.pointee.verbs else { return nil }
+        var attr = ibv_port_attr()
+        guard CShims_ibv_query_port(verbs, pointer.pointee.port_num, &attr) == 0 else { return nil }
+        return PortState(attr.state)
+    }
+
     /// Sets the QP's local ACK timeout exponent (4.096 us * 2^value) for connections made on this id.
     public func setAckTimeout(_ value: UInt8) throws(VerbsError) {
         var value = value

@@ -141,6 +141,15 @@ public final class QueuePair: @unchecked Sendable {
         return PathMTU(attr.path_mtu)
     }
 
+    /// The QP's local ACK timeout exponent (4.096 us x 2^n; 0: no retransmission timer) and retry count.
+    public func retransmission() throws(VerbsError) -> (ackTimeout: UInt8, retryCount: UInt8) {
+        var attr = ibv_qp_attr()
+        var initAttr = ibv_qp_init_attr()
+        let mask = IBV_QP_TIMEOUT.rawValue | IBV_QP_RETRY_CNT.rawValue
+        try VerbsError.check("ibv_query_qp", ibv_query_qp(pointer, &attr, Int32(bitPattern: mask), &initAttr))
+        return (attr.timeout, attr.retry_cnt)
+    }
+
     private func modify(_ attr: inout ibv_qp_attr, _ mask: ibv_qp_attr_mask, to state: String) throws(VerbsError) {
         try VerbsError.check("ibv_modify_qp", ibv_modify_qp(pointer, &attr, Int32(bitPattern: mask.rawValue)), detail: "to \(state)")
     }

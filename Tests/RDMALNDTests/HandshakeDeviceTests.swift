@@ -49,6 +49,19 @@ import Testing
         }
     }
 
+    /// Both sides' QPs get LND_ACK_TIMEOUT and LND_RETRY_COUNT (rdma_cm's own default for the passive side of a RoCE
+    /// connection can be hours, which stalls a connection whose last packet was lost).
+    @Test(arguments: [(17, 5), (12, 7)])
+    func retransmissionFollowsTheTunables(ackTimeout: Int, retryCount: Int) async throws {
+        let (server, client) = try LNDNode.pair { $0.ackTimeout = ackTimeout; $0.retryCount = retryCount }
+        defer { client.shutdown(); server.shutdown() }
+        #expect(try await putAndAck(client, server, size: 4096))
+        for node in [client, server] {
+            let info = try #require(node.lnd.connections.first)
+            #expect(info.ackTimeout == ackTimeout && info.retryCount == retryCount, "\(info)")
+        }
+    }
+
     /// The smallest queue depth works, and NOOPs never answer NOOPs (no endless exchange once traffic stops).
     @Test func queueDepthTwoCarriesTrafficWithoutANoopStorm() async throws {
         let (server, client) = try LNDNode.pair { $0.peerCredits = 2; $0.credits = 2; $0.ntx = 16 }
