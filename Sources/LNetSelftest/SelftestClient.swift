@@ -6,8 +6,12 @@ import Synchronization
 /// What a self-test run does.
 public struct SelftestConfiguration: Sendable {
     public var op: SelftestOp
-    /// Bytes per operation (ignored for ``SelftestOp/ping``, which moves a ``NodeInfo``).
+    /// Bytes per operation, or with ``minSize`` the most bytes of one operation (ignored for ``SelftestOp/ping``,
+    /// which moves a ``NodeInfo``).
     public var size: Int
+    /// With mixed sizes, the fewest bytes of one operation: each operation then moves a length drawn log-uniformly
+    /// from `minSize...size` (see ``OperationSizes``). `nil`: every operation moves ``size`` bytes.
+    public var minSize: Int?
     /// Operations in flight at once (slots).
     public var concurrency: Int
     /// Stop after this many operations (all slots together).
@@ -39,12 +43,13 @@ public struct SelftestConfiguration: Sendable {
         public init(corruptRead: (@Sendable (_ sequence: UInt64) -> Bool)? = nil) { self.corruptRead = corruptRead }
     }
 
-    public init(op: SelftestOp, size: Int, concurrency: Int = 1, count: Int? = nil, duration: Duration? = nil,
-                verify: Bool = false, operationTimeout: Duration = .seconds(60), controlTimeout: Duration = .seconds(30),
+    public init(op: SelftestOp, size: Int, minSize: Int? = nil, concurrency: Int = 1, count: Int? = nil,
+                duration: Duration? = nil, verify: Bool = false, operationTimeout: Duration = .seconds(60), controlTimeout: Duration = .seconds(30),
                 maxErrors: Int? = nil, progressInterval: Duration = .seconds(1),
                 progress: (@Sendable (SelftestProgress) -> Void)? = nil, testHooks: TestHooks = TestHooks()) {
         self.op = op
         self.size = size
+        self.minSize = minSize
         self.concurrency = concurrency
         self.count = count
         self.duration = duration
@@ -57,8 +62,13 @@ public struct SelftestConfiguration: Sendable {
         self.testHooks = testHooks
     }
 
-    /// Bytes one operation moves.
+    /// The most bytes one operation moves (what each slot's buffer holds).
     public var bytesPerOperation: Int { op == .ping ? NodeInfo.encodedSize : size }
+
+    /// The lengths operations have.
+    public var sizes: OperationSizes {
+        op == .ping ? OperationSizes(NodeInfo.encodedSize) : OperationSizes(minimum: minSize ?? size, maximum: size)
+    }
 }
 
 /// Where a run is.
@@ -103,7 +113,10 @@ public enum SelftestError: Error, Sendable, Equatable, CustomStringConvertible {
 /// The outcome of a run. Every operation issued ended either in `succeeded` or `failed`.
 public struct SelftestResult: Sendable, CustomStringConvertible {
     public var op: SelftestOp
+    /// The most bytes of one operation (every operation's length with one size).
     public var size: Int
+    /// The fewest bytes of one operation (equal to ``size`` with one size).
+    public var minSize: Int
     public var concurrency: Int
     public var requestedCount: Int?
     public var requestedDuration: Duration?
@@ -118,7 +131,7 @@ public struct SelftestResult: Sendable, CustomStringConvertible {
     public var verifiedOperations = 0
     /// Operations whose data was checked and found wrong (counted in `failed` too).
     public var verificationFailures = 0
-    /// Bytes moved by successful operations.
+    /// Bytes moved by successful operations (each counted with its own length).
     public var bytes = 0
     /// First issue to last completion.
     public var elapsed: Duration = .zero
@@ -146,9 +159,12 @@ public struct SelftestResult: Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        "\(op) \(size)B x\(concurrency): \(attempted) attempted, \(succeeded) ok, \(failed) failed \(errors), "
+        "\(op) \(sizes) x\(concurrency): \(attempted) attempted, \(succeeded) ok, \(failed) failed \(errors), "
             + "verified \(verified), \(bytes) bytes in \(elapsedSeconds) s"
     }
+
+    /// The lengths the run's operations had.
+    public var sizes: OperationSizes { OperationSizes(minimum: minSize, maximum: size) }
 
     public var elapsedSeconds: Double {
         let c = elapsed.components
@@ -167,6 +183,8 @@ public struct SelftestResult: Sendable, CustomStringConvertible {
             "op": .string(op.rawValue),
             "mode": .string(mode),
             "size": .int(size),
+            "size_min": .int(minSize),
+            "size_max": .int(size),
             "concurrency": .int(concurrency),
             "count": .int(attempted),
             "requested_count": requestedCount.map { .int($0) } ?? .null,
@@ -231,6 +249,10 @@ public struct SelftestResult: Sendable, CustomStringConvertible {
 ///   sends a verdict; the write completes when both the ACK and the verdict are in.
 /// - Ping: a GET of the server's ping MD; with verify the answer must name the target.
 ///
+/// With mixed sizes (``SelftestConfiguration/minSize``) slots are sized for the largest operation and each read or
+/// write moves only its own length (``OperationSizes/length(session:sequence:)``) from the start of its slot; the
+/// checks above cover exactly those bytes, and a REPLY or ACK of another length fails the operation.
+///
 /// An operation completes on its MD's last event, so its memory is free for the next operation of its slot.
 public final class SelftestClient: Sendable {
     public let lnet: LNet
@@ -250,7 +272,8 @@ public final class SelftestClient: Sendable {
         var ready: SessionReply?
         if configuration.op != .ping {
             let reply = try await exchange(SessionRequest(kind: .setup, session: session, op: configuration.op, size: configuration.size,
-                                                          concurrency: configuration.concurrency, verify: configuration.verify),
+                                                          minSize: configuration.minSize, concurrency: configuration.concurrency,
+                                                          verify: configuration.verify),
                                            target: target, timeout: configuration.controlTimeout)
             guard reply.status == .ok else { throw .sessionRefused(status: reply.status, message: reply.message) }
             ready = reply
@@ -291,6 +314,9 @@ public final class SelftestClient: Sendable {
         guard configuration.op == .ping || (configuration.size >= 1 && configuration.size < Int(UInt32.max)) else {
             throw .invalidConfiguration("size \(configuration.size) is outside 1...\(UInt32.max - 1)")
         }
+        if configuration.op != .ping, let minSize = configuration.minSize, minSize < 1 || minSize > configuration.size {
+            throw .invalidConfiguration("minimum size \(minSize) is outside 1...\(configuration.size) (the size)")
+        }
         guard configuration.count != nil || configuration.duration != nil else {
             throw .invalidConfiguration("give a count or a duration")
         }
@@ -302,7 +328,8 @@ public final class SelftestClient: Sendable {
 
     private func teardown(session: UInt64, configuration: SelftestConfiguration, target: ProcessID) async throws(SelftestError) -> SessionReply {
         try await exchange(SessionRequest(kind: .teardown, session: session, op: configuration.op, size: configuration.size,
-                                          concurrency: configuration.concurrency, verify: configuration.verify),
+                                          minSize: configuration.minSize, concurrency: configuration.concurrency,
+                                          verify: configuration.verify),
                            target: target, timeout: configuration.controlTimeout)
     }
 
@@ -383,6 +410,8 @@ final class RunEngine: Sendable {
     struct Slot {
         var active = false
         var sequence: UInt64 = 0
+        /// The bytes this operation moves.
+        var length = 0
         var md: MDHandle?
         var started = ContinuousClock.now
         var failure: String?
@@ -413,6 +442,8 @@ final class RunEngine: Sendable {
     let configuration: SelftestConfiguration
     let target: ProcessID
     let session: UInt64
+    /// The lengths operations draw from.
+    private let sizes: OperationSizes
     private let logger: Logger
     private let buffers: [LNetBuffer]
     private let expected: [LNetBuffer]
@@ -429,6 +460,8 @@ final class RunEngine: Sendable {
         self.configuration = configuration
         self.target = target
         self.session = session
+        sizes = configuration.sizes
+        // Slots are sized for the largest operation; each operation uses the first `length` bytes of its slot.
         let size = configuration.bytesPerOperation
         var buffers: [LNetBuffer] = []
         var expected: [LNetBuffer] = []
@@ -456,7 +489,7 @@ final class RunEngine: Sendable {
         }
         self.buffers = buffers
         self.expected = expected
-        let result = SelftestResult(op: configuration.op, size: size, concurrency: configuration.concurrency,
+        let result = SelftestResult(op: configuration.op, size: size, minSize: sizes.minimum, concurrency: configuration.concurrency,
                                     requestedCount: configuration.count, requestedDuration: configuration.duration,
                                     verifyRequested: configuration.verify, target: target, session: session)
         state = Mutex(State(slots: Array(repeating: Slot(), count: configuration.concurrency), running: configuration.concurrency,
@@ -508,7 +541,7 @@ final class RunEngine: Sendable {
     private func issue(_ slot: Int) {
         let now = ContinuousClock.now
         let pastDeadline = deadline.withLock { $0.map { now >= $0 } ?? false }
-        let sequence = state.withLock { state -> UInt64? in
+        let issued = state.withLock { state -> (sequence: UInt64, length: Int)? in
             let countReached = configuration.count.map { state.issued >= $0 } ?? false
             if state.stopIssuing || countReached || pastDeadline {
                 state.slots[slot].active = false
@@ -518,31 +551,33 @@ final class RunEngine: Sendable {
             state.inFlight += 1
             state.result.peakInFlight = max(state.result.peakInFlight, state.inFlight)
             defer { state.nextSequence += 1 }
-            state.slots[slot] = Slot(active: true, sequence: state.nextSequence, started: now, finished: false)
+            let length = sizes.length(session: session, sequence: state.nextSequence)
+            state.slots[slot] = Slot(active: true, sequence: state.nextSequence, length: length, started: now, finished: false)
             if state.firstIssue == nil { state.firstIssue = now }
-            return state.nextSequence
+            return (state.nextSequence, length)
         }
-        guard let sequence else { return slotStopped() }
+        guard let (sequence, length) = issued else { return slotStopped() }
         let buffer = buffers[slot]
         switch configuration.op {
         case .read where configuration.verify:
-            buffer.fill(0)
+            UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[..<length]).initializeMemory(as: UInt8.self, repeating: 0)
         case .write:
-            SelftestPattern.stamp(buffer.bytes, sequence: sequence)
+            SelftestPattern.stamp(UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[..<length]), sequence: sequence)
         default:
             break
         }
         guard let events = queue.withLock({ $0 }) else { return fail(slot, sequence, "run released") }
         let md: MDHandle
         do {
-            md = try lnet.bind(MemoryDescriptor(buffer: buffer, threshold: .count(2), eventQueue: events,
-                                                userInfo: Tag(slot: slot, sequence: sequence)))
+            // The operation moves the first `length` bytes of its slot's buffer.
+            md = try lnet.bind(MemoryDescriptor(storage: .region(buffer, offset: 0, length: length), threshold: .count(2),
+                                                eventQueue: events, userInfo: Tag(slot: slot, sequence: sequence)))
         } catch {
             return fail(slot, sequence, "bind: \(error)")
         }
         // The operation's latency runs from `now` (before its buffer is prepared and its MD bound) to its completion.
         state.withLock { state in state.slots[slot].md = md }
-        let size = configuration.bytesPerOperation
+        let size = configuration.bytesPerOperation  // slot i's part of the server's buffer is at i x the largest size
         do {
             switch configuration.op {
             case .read:
@@ -658,26 +693,30 @@ final class RunEngine: Sendable {
         var failure = slot.failure
         var verification: String?
         var checked = false
-        let size = configuration.bytesPerOperation
+        let length = slot.length
         if failure == nil {
             switch configuration.op {
             case .read:
-                if slot.completeLength != size {
-                    failure = "short reply (\(slot.completeLength) of \(size) bytes)"
+                if slot.completeLength != length {
+                    failure = "short reply (\(slot.completeLength) of \(length) bytes)"
                 } else if configuration.verify {
+                    // Exactly the bytes this GET asked for and got: the start of the slot's pattern.
                     let sink = buffers[index]
-                    if configuration.testHooks.corruptRead?(slot.sequence) == true { sink.bytes[size / 2] ^= 0x5A }
-                    if let offset = SelftestPattern.firstDifference(UnsafeRawBufferPointer(sink.bytes), UnsafeRawBufferPointer(expected[index].bytes)) {
+                    if configuration.testHooks.corruptRead?(slot.sequence) == true { sink.bytes[length / 2] ^= 0x5A }
+                    if let offset = SelftestPattern.firstDifference(UnsafeRawBufferPointer(rebasing: sink.bytes[..<length]),
+                                                                    UnsafeRawBufferPointer(rebasing: expected[index].bytes[..<length])) {
                         verification = "read data differs at byte \(offset)"
                     }
                     checked = true
                 }
             case .write:
-                if slot.completeLength != size {
-                    failure = "short ACK (\(slot.completeLength) of \(size) bytes)"
+                if slot.completeLength != length {
+                    failure = "short ACK (\(slot.completeLength) of \(length) bytes)"
                 } else if configuration.verify {
                     if let error = slot.verdictError {
                         failure = error
+                    } else if let verdict = slot.verdict, verdict.status == .failed {
+                        failure = "server: the write failed there"
                     } else if let verdict = slot.verdict, verdict.status != .ok {
                         verification = "server: \(verdict.status)" + (verdict.status == .patternMismatch ? " at byte \(verdict.badOffset)" : "")
                     }
@@ -705,7 +744,7 @@ final class RunEngine: Sendable {
             state.inFlight -= 1
             if ok {
                 state.result.succeeded += 1
-                state.result.bytes += size
+                state.result.bytes += length
                 state.result.latency.record(UInt64(clamping: (now - slot.started).nanoseconds))
                 if checked { state.result.verifiedOperations += 1 }
             } else {

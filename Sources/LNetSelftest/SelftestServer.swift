@@ -7,12 +7,13 @@ import Synchronization
 /// writes, checks verified writes, and tears sessions down.
 ///
 /// A session is set up by a ``SessionRequest`` PUT to ``SelftestProtocol/controlPortal``. The server allocates
-/// `concurrency x size` bytes (bounded by ``Configuration/maxSessionMemory`` and ``Configuration/maxTotalMemory``):
+/// `concurrency x size` bytes (`size` is the largest operation when the session has mixed sizes) (bounded by ``Configuration/maxSessionMemory`` and ``Configuration/maxTotalMemory``):
 /// for a write session a sink, for a read session a source holding each slot's pattern. It attaches it on
 /// ``SelftestProtocol/dataPortal`` under the session's match bits with remotely managed offsets (slot `i` is at
 /// `i x size`), admitting only the requesting process, and answers with a "ready" ``SessionReply`` PUT to the
-/// client's ``SelftestProtocol/replyPortal``. In a verified write session, each landed write is checked (sequence
-/// number in its first 8 bytes equal to the PUT's header data, pattern in the rest), the slot zeroed, and a
+/// client's ``SelftestProtocol/replyPortal``. In a verified write session, each landed write is checked over the
+/// bytes that landed (its length, from the event, must be within the session's sizes and not truncated; the sequence
+/// number in its first 8 bytes equal to the PUT's header data, pattern in the rest), those bytes zeroed, and a
 /// ``Verdict`` PUT back to the client. Teardown detaches the session and answers "closed" with the session's
 /// figures (operations, verification failures, server CPU time and peak memory).
 public final class SelftestServer: Sendable {
@@ -90,6 +91,8 @@ public final class SelftestServer: Sendable {
         var retiredOperations = 0
         var retiredBytes = 0
         var retiredFailures = 0
+        /// Sessions torn down whose last writes are still being checked (counted as active until retired).
+        var closing: [Key: Session] = [:]
     }
 
     public let lnet: LNet
@@ -146,13 +149,14 @@ public final class SelftestServer: Sendable {
         state.withLock { state in
             var stats = Statistics()
             stats.sessionsOpened = state.opened
-            stats.sessionsActive = state.sessions.count
+            stats.sessionsActive = state.sessions.count + state.closing.count
             stats.sessionsRefused = state.refused
             stats.badRequests = state.badRequests
             stats.memoryInUse = state.memoryInUse
-            stats.operationsServed = state.retiredOperations + state.sessions.values.reduce(0) { $0 + $1.operations }
-            stats.bytesServed = state.retiredBytes + state.sessions.values.reduce(0) { $0 + $1.bytes }
-            stats.verificationFailures = state.retiredFailures + state.sessions.values.reduce(0) { $0 + $1.failures }
+            let live = Array(state.sessions.values) + Array(state.closing.values)
+            stats.operationsServed = state.retiredOperations + live.reduce(0) { $0 + $1.operations }
+            stats.bytesServed = state.retiredBytes + live.reduce(0) { $0 + $1.bytes }
+            stats.verificationFailures = state.retiredFailures + live.reduce(0) { $0 + $1.failures }
             stats.pingsServed = pingService?.pingsServed ?? 0
             return stats
         }
@@ -223,6 +227,9 @@ public final class SelftestServer: Sendable {
         guard request.size >= 1, request.size < Int(UInt32.max) else {
             return refuse(request, client: client, .badRequest, "size \(request.size) is outside 1...\(UInt32.max - 1)")
         }
+        guard request.minSize >= 1, request.minSize <= request.size else {
+            return refuse(request, client: client, .badRequest, "minimum size \(request.minSize) is outside 1...\(request.size) (the size)")
+        }
         guard request.concurrency >= 1, request.concurrency <= configuration.maxConcurrency else {
             return refuse(request, client: client, .badRequest,
                           "concurrency \(request.concurrency) is outside 1...\(configuration.maxConcurrency)")
@@ -268,7 +275,7 @@ public final class SelftestServer: Sendable {
             return
         }
         logger.info("self-test session up", metadata: [
-            "client": "\(client)", "session": "\(request.session)", "op": "\(request.op)", "size": "\(request.size)",
+            "client": "\(client)", "session": "\(request.session)", "op": "\(request.op)", "size": "\(request.sizes)",
             "concurrency": "\(request.concurrency)", "verify": "\(request.verify)",
         ])
         reply(SessionReply(kind: .ready, session: request.session, status: .ok, getMode: configuration.getMode,
@@ -281,6 +288,7 @@ public final class SelftestServer: Sendable {
         let session = state.withLock { state -> Session? in
             guard let session = state.sessions.removeValue(forKey: key) else { return nil }
             state.memoryInUse -= session.memory
+            state.closing[key] = session
             return session
         }
         guard let session else {
@@ -292,6 +300,7 @@ public final class SelftestServer: Sendable {
         session.checks.async { [self] in
             let usage = ResourceUsage.current()
             state.withLock { state in
+                state.closing[key] = nil
                 state.retiredOperations += session.operations
                 state.retiredBytes += session.bytes
                 state.retiredFailures += session.failures
@@ -408,11 +417,14 @@ public final class SelftestServer: Sendable {
             }
         }
 
-        /// Checks one landed write, zeroes its slot and sends the verdict.
+        /// Checks one landed write (the bytes that landed), zeroes them and sends the verdict.
         private func check(_ event: LNetEvent) {
-            let size = request.size
+            let size = request.size  // slot stride: the largest operation
             let slot = event.offset / size
             let sequence = event.headerData
+            // The write's own length: with mixed sizes each write moves the start of its slot, of any length in
+            // minSize...size; it must not have been cut short either.
+            let length = event.matchedLength
             var status = VerdictStatus.ok
             var badOffset = 0
             if !event.status.isOK {
@@ -420,25 +432,31 @@ public final class SelftestServer: Sendable {
             } else if event.offset % size != 0 || slot >= request.concurrency {
                 status = .failed
                 badOffset = event.offset
-            } else if event.matchedLength != size {
+            } else if length != event.requestedLength || length < request.minSize || length > size {
                 status = .lengthMismatch
-                badOffset = event.matchedLength
+                badOffset = length
             } else {
-                let region = UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[event.offset..<event.offset + size])
+                let region = UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[event.offset..<event.offset + length])
                 if server.hooks.corruptWrite?(sequence) == true {
-                    region[size / 2] ^= 0x5A
+                    region[length / 2] ^= 0x5A
                 }
-                if SelftestPattern.readStamp(UnsafeRawBufferPointer(region)) != SelftestPattern.truncatedSequence(sequence, size: size) {
+                if SelftestPattern.readStamp(UnsafeRawBufferPointer(region)) != SelftestPattern.truncatedSequence(sequence, size: length) {
                     status = .sequenceMismatch
-                } else if size > 8, let expected,
+                } else if length > 8, let expected,
                           let difference = SelftestPattern.firstDifference(UnsafeRawBufferPointer(rebasing: region[8...]),
-                                                                           UnsafeRawBufferPointer(rebasing: expected.bytes[8...])) {
+                                                                           UnsafeRawBufferPointer(rebasing: expected.bytes[8..<length])) {
                     status = .patternMismatch
                     badOffset = difference + 8
                 }
                 region.initializeMemory(as: UInt8.self, repeating: 0)
             }
-            if status != .ok {
+            if !event.status.isOK {
+                // The PUT itself failed here (e.g. its connection died): an error, not bad data.
+                server.logger.info("self-test write failed in transfer", metadata: [
+                    "client": "\(client)", "session": "\(request.session)", "slot": "\(slot)", "sequence": "\(sequence)",
+                    "status": "\(event.status)",
+                ])
+            } else if status != .ok {
                 counters.withLock { $0.failures += 1 }
                 server.logger.warning("self-test write failed verification", metadata: [
                     "client": "\(client)", "session": "\(request.session)", "slot": "\(slot)", "sequence": "\(sequence)",

@@ -160,28 +160,42 @@ public enum AdvertisedBulkMode: String, Sendable, CustomStringConvertible {
 
 /// Client -> server (control portal): set up or tear down a session.
 ///
-/// After the header: op u8, flags u8 (bit 0: verify), reserved u16 (0), size u32, concurrency u32, reserved u32 (0):
+/// After the header: op u8, flags u8 (bit 0: verify), reserved u16 (0), size u32, concurrency u32, min size u32:
 /// 32 bytes in all.
+///
+/// `size` is the largest length of an operation (what the server sizes each slot for); `min size` the smallest, when
+/// operations have mixed lengths. A min size of 0 means "the same as size": that is what requests from before mixed
+/// sizes carried in this (then reserved) field, so they still mean one size. A server from before mixed sizes ignores
+/// the field: it serves mixed reads and unverified writes, but fails verified writes of other lengths than `size`
+/// with a length mismatch.
 public struct SessionRequest: Equatable, Sendable {
     public enum Kind: Sendable, Equatable { case setup, teardown }
 
     public var kind: Kind
     public var session: UInt64
     public var op: SelftestOp
+    /// The largest bytes per operation.
     public var size: Int
+    /// The smallest bytes per operation (equal to ``size`` when every operation has the same length).
+    public var minSize: Int
     public var concurrency: Int
     public var verify: Bool
 
     public static let encodedSize = SelftestWire.headerSize + 16
 
-    public init(kind: Kind, session: UInt64, op: SelftestOp, size: Int, concurrency: Int, verify: Bool) {
+    /// `minSize` defaults to `size` (one size).
+    public init(kind: Kind, session: UInt64, op: SelftestOp, size: Int, minSize: Int? = nil, concurrency: Int, verify: Bool) {
         self.kind = kind
         self.session = session
         self.op = op
         self.size = size
+        self.minSize = minSize ?? size
         self.concurrency = concurrency
         self.verify = verify
     }
+
+    /// The lengths the session's operations have.
+    public var sizes: OperationSizes { OperationSizes(minimum: minSize, maximum: size) }
 
     public func encoded() -> [UInt8] {
         var writer = ByteWriter(capacity: Self.encodedSize)
@@ -191,7 +205,7 @@ public struct SessionRequest: Equatable, Sendable {
         writer.u16(0)
         writer.u32(UInt32(clamping: size))
         writer.u32(UInt32(clamping: concurrency))
-        writer.u32(0)
+        writer.u32(UInt32(clamping: minSize))
         return writer.bytes
     }
 
@@ -205,9 +219,9 @@ public struct SessionRequest: Equatable, Sendable {
         _ = try reader.u16()
         let size = try reader.u32()
         let concurrency = try reader.u32()
-        _ = try reader.u32()
+        let minSize = try reader.u32()
         self.init(kind: type == .setup ? .setup : .teardown, session: session, op: op, size: Int(size),
-                  concurrency: Int(concurrency), verify: flags & 1 != 0)
+                  minSize: minSize == 0 ? Int(size) : Int(minSize), concurrency: Int(concurrency), verify: flags & 1 != 0)
     }
 }
 
@@ -342,7 +356,7 @@ public enum VerdictStatus: UInt32, Sendable, Equatable, CustomStringConvertible 
     case sequenceMismatch = 1
     /// The rest of the slot did not hold the expected pattern.
     case patternMismatch = 2
-    /// Fewer bytes landed than the session's size.
+    /// The write's length was outside the session's sizes, or it was cut short.
     case lengthMismatch = 3
     /// The PUT failed on the server.
     case failed = 4

@@ -367,3 +367,117 @@ func pairOfNodes() throws -> (server: LNet, client: LNet, serverID: ProcessID) {
         #expect((object["mb_per_s"] as? NSNumber)?.doubleValue ?? 0 > 0)
     }
 }
+
+/// Sessions whose operations have mixed lengths (`minSize...size`).
+@Suite(.timeLimit(.minutes(1))) struct MixedSizeSessionTests {
+    /// The bytes a run with `sizes` moved in its operations 1...count.
+    static func expectedBytes(_ sizes: OperationSizes, session: UInt64, count: Int) -> Int {
+        (1...count).reduce(0) { $0 + sizes.length(session: session, sequence: UInt64($1)) }
+    }
+
+    @Test(arguments: [SelftestOp.read, .write])
+    func verifiedMixedSessionOverLoopback(op: SelftestOp) async throws {
+        let (lnet, me) = try loopbackNode()
+        defer { lnet.shutdown() }
+        let server = SelftestServer(lnet: lnet, nid: .loopback)
+        try server.start()
+        let configuration = SelftestConfiguration(op: op, size: 70_000, minSize: 1, concurrency: 4, count: 200, verify: true)
+        let result = try await SelftestClient(lnet: lnet).run(configuration, target: me)
+        #expect(result.attempted == 200 && result.succeeded == 200 && result.failed == 0, "\(result.errors)")
+        #expect(result.verified && result.verifiedOperations == 200)
+        let sizes = OperationSizes(minimum: 1, maximum: 70_000)
+        let lengths = (1...200).map { sizes.length(session: result.session, sequence: UInt64($0)) }
+        #expect(Set(lengths).count > 100 && lengths.contains { $0 <= 100 } && lengths.contains { $0 >= 10_000 })
+        #expect(result.bytes == lengths.reduce(0, +))
+        #expect(result.bytes == Self.expectedBytes(sizes, session: result.session, count: 200))
+        #expect(result.closed?.operationsServed == 200 && result.closed?.bytesServed == UInt64(result.bytes))
+        #expect(result.closed?.verificationFailures == 0)
+        #expect(result.size == 70_000 && result.minSize == 1 && result.sizes == sizes)
+        #expect(server.statistics.sessionsActive == 0 && server.statistics.memoryInUse == 0)
+    }
+
+    @Test(arguments: [SelftestOp.read, .write])
+    func mixedSessionBetweenTwoInstances(op: SelftestOp) async throws {
+        let (serverNode, clientNode, serverID) = try pairOfNodes()
+        defer { clientNode.shutdown(); serverNode.shutdown() }
+        try SelftestServer(lnet: serverNode, nid: serverID.nid).start()
+        let result = try await SelftestClient(lnet: clientNode).run(
+            SelftestConfiguration(op: op, size: 64 << 10, minSize: 1, concurrency: 3, count: 60, verify: true), target: serverID)
+        #expect(result.succeeded == 60 && result.failed == 0 && result.verified, "\(result.errors)")
+        #expect(result.bytes == Self.expectedBytes(OperationSizes(minimum: 1, maximum: 64 << 10), session: result.session, count: 60))
+    }
+
+    @Test func corruptedMixedWriteIsDetected() async throws {
+        let (lnet, me) = try loopbackNode()
+        defer { lnet.shutdown() }
+        let server = SelftestServer(lnet: lnet, nid: .loopback, configuration: .init(testHooks: .init(corruptWrite: { $0 == 5 })))
+        try server.start()
+        let result = try await SelftestClient(lnet: lnet).run(
+            SelftestConfiguration(op: .write, size: 70_000, minSize: 1, concurrency: 2, count: 20, verify: true), target: me)
+        #expect(result.failed == 1 && result.verificationFailures == 1 && !result.verified)
+        #expect(result.firstError?.contains("op 5") == true, "\(result.firstError ?? "")")
+    }
+
+    @Test func corruptedMixedReadIsDetected() async throws {
+        let (lnet, me) = try loopbackNode()
+        defer { lnet.shutdown() }
+        try SelftestServer(lnet: lnet, nid: .loopback).start()
+        var configuration = SelftestConfiguration(op: .read, size: 70_000, minSize: 1, concurrency: 2, count: 20, verify: true)
+        configuration.testHooks.corruptRead = { $0 == 3 }
+        let result = try await SelftestClient(lnet: lnet).run(configuration, target: me)
+        #expect(result.failed == 1 && result.verificationFailures == 1 && !result.verified)
+        let length = OperationSizes(minimum: 1, maximum: 70_000).length(session: result.session, sequence: 3)
+        #expect(result.errors["verification: read data differs at byte \(length / 2)"] == 1, "\(result.errors)")
+    }
+
+    @Test func serverRefusesWritesOutsideTheSessionSizes() async throws {
+        let (lnet, me) = try loopbackNode()
+        defer { lnet.shutdown() }
+        let server = SelftestServer(lnet: lnet, nid: .loopback)
+        try server.start()
+        let client = SelftestClient(lnet: lnet)
+        let ready = try await client.exchange(SessionRequest(kind: .setup, session: 21, op: .write, size: 1000, minSize: 100,
+                                                             concurrency: 1, verify: true), target: me, timeout: .seconds(5))
+        #expect(ready.status == .ok)
+        // A 50-byte write into a 100...1000-byte session: it lands, but fails the check.
+        let md = try lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(count: 50), threshold: .count(1)))
+        try lnet.put(md, to: me, portal: SelftestProtocol.dataPortal, matchBits: SelftestProtocol.matchBits(.data, session: 21),
+                     ackRequested: false, headerData: 1)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while server.statistics.verificationFailures == 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(server.statistics.verificationFailures == 1)
+        let closed = try await client.exchange(SessionRequest(kind: .teardown, session: 21, op: .write, size: 1000, minSize: 100,
+                                                              concurrency: 1, verify: true), target: me, timeout: .seconds(5))
+        #expect(closed.status == .ok && closed.verificationFailures == 1 && closed.operationsServed == 1)
+    }
+
+    @Test func badRangesAreRefused() async throws {
+        let (lnet, me) = try loopbackNode()
+        defer { lnet.shutdown() }
+        try SelftestServer(lnet: lnet, nid: .loopback).start()
+        let client = SelftestClient(lnet: lnet)
+        let inverted = try await client.exchange(SessionRequest(kind: .setup, session: 3, op: .read, size: 100, minSize: 200,
+                                                                concurrency: 1, verify: false), target: me, timeout: .seconds(5))
+        #expect(inverted.status == .badRequest && inverted.message.contains("minimum size 200"), "\(inverted.message)")
+        for configuration in [SelftestConfiguration(op: .read, size: 100, minSize: 200, count: 1),
+                              SelftestConfiguration(op: .write, size: 100, minSize: 0, count: 1)] {
+            await #expect(throws: SelftestError.self) { try await client.run(configuration, target: me) }
+        }
+    }
+
+    @Test func mixedSummaryJSON() async throws {
+        let (lnet, me) = try loopbackNode()
+        defer { lnet.shutdown() }
+        try SelftestServer(lnet: lnet, nid: .loopback).start()
+        let mixed = try await SelftestClient(lnet: lnet).run(
+            SelftestConfiguration(op: .write, size: 64 << 10, minSize: 1, concurrency: 2, count: 8, verify: true), target: me)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(mixed.json(mode: "loopback").description.utf8)) as? [String: Any])
+        #expect(object["size"] as? Int == 64 << 10 && object["size_min"] as? Int == 1 && object["size_max"] as? Int == 64 << 10)
+        #expect(object["bytes"] as? Int == mixed.bytes)
+        let fixed = try await SelftestClient(lnet: lnet).run(
+            SelftestConfiguration(op: .read, size: 4096, concurrency: 2, count: 4), target: me)
+        let fixedObject = try #require(try JSONSerialization.jsonObject(with: Data(fixed.json(mode: "loopback").description.utf8)) as? [String: Any])
+        #expect(fixedObject["size"] as? Int == 4096 && fixedObject["size_min"] as? Int == 4096 && fixedObject["size_max"] as? Int == 4096)
+        #expect(fixed.bytes == 4 * 4096)
+    }
+}

@@ -11,8 +11,26 @@ import Testing
                 let bytes = request.encoded()
                 #expect(bytes.count == SessionRequest.encodedSize)
                 #expect(try SessionRequest(decoding: bytes) == request)
+                #expect(request.minSize == request.size && request.sizes.isFixed)
+                let mixed = SessionRequest(kind: kind, session: 7, op: op, size: 16 << 20, minSize: 1, concurrency: 8, verify: true)
+                #expect(mixed.encoded().count == SessionRequest.encodedSize)
+                #expect(try SessionRequest(decoding: mixed.encoded()) == mixed)
+                #expect(mixed.sizes == OperationSizes(minimum: 1, maximum: 16 << 20))
             }
         }
+    }
+
+    @Test func minSizeIsTheLastField() throws {
+        let bytes = SessionRequest(kind: .setup, session: 1, op: .write, size: 0x0001_1170, minSize: 0x0102_0304, concurrency: 3,
+                                   verify: true).encoded()
+        #expect(Array(bytes[20..<24]) == [0x70, 0x11, 0x01, 0])
+        #expect(Array(bytes[24..<28]) == [3, 0, 0, 0])
+        #expect(Array(bytes[28..<32]) == [4, 3, 2, 1])
+        // A request from before mixed sizes has 0 there (then reserved): one size.
+        var old = bytes
+        old.replaceSubrange(28..<32, with: [0, 0, 0, 0])
+        let decoded = try SessionRequest(decoding: old)
+        #expect(decoded.minSize == 0x0001_1170 && decoded.size == 0x0001_1170 && decoded.sizes.isFixed)
     }
 
     @Test func headerIsLittleEndian() {
@@ -24,6 +42,7 @@ import Testing
         #expect(Array(bytes[8..<16]) == [8, 7, 6, 5, 4, 3, 2, 1])
         #expect(bytes[16] == 2 && bytes[17] == 1)
         #expect(Array(bytes[20..<24]) == [0x10, 0, 0, 0])
+        #expect(Array(bytes[28..<32]) == [0x10, 0, 0, 0])  // min size: the same (one size)
     }
 
     @Test func sessionReplyRoundTrip() throws {
