@@ -32,8 +32,8 @@ struct SelftestCommand: AsyncParsableCommand {
     @Option(name: .long, help: "read (GET), write (PUT) or ping (small GETs).")
     var op: SelftestOp = .read
 
-    @Option(name: .long, help: ArgumentHelp("Bytes per operation (4096, 64KiB, 1MiB, ...).", valueName: "bytes"))
-    var size = ByteCount(1 << 20)
+    @Option(name: .long, help: ArgumentHelp("Bytes per operation (4096, 64KiB, 1MiB, ...), or a range MIN-MAX (1-64KiB, 64KiB-16MiB): each operation then moves a length drawn log-uniformly from it.", valueName: "bytes"))
+    var size = ByteCountRange(1 << 20)
 
     @Option(name: .long, help: "Operations in flight.")
     var concurrency = 8
@@ -56,16 +56,36 @@ struct SelftestCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Stop issuing after this many failed operations (0: never).")
     var maxErrors = 100
 
+    @Flag(name: .long, help: "Also serve pings and self-test sessions from other nodes while running (as `serve` does).")
+    var serve = false
+
+    @Option(name: .long, help: ArgumentHelp("With --serve: after this run, keep serving until this many sessions from other nodes were served and none is active (at most --timeout).", valueName: "n"))
+    var awaitSessions = 0
+
+    @Option(name: .long, help: ArgumentHelp("Start the traffic only once this file exists (polled every millisecond, at most --timeout): lets scripts start several nodes at one moment.", valueName: "path"))
+    var startFile: String?
+
+    @Option(name: .long, help: ArgumentHelp("Run this many sessions one after the other in this process (a later one retries its set-up until --timeout, e.g. while a restarted server comes back).", valueName: "n"))
+    var rounds = 1
+
+    @Option(name: .long, help: ArgumentHelp("With --rounds: after round N (but the last) create PREFIX.done-N, then wait for PREFIX.go-N before the next round (at most --timeout): lets a script change something between rounds.", valueName: "prefix"))
+    var roundFiles: String?
+
+    @Option(name: .long, help: ArgumentHelp("Write this process's pid to the file once the node is up (before --start-file is awaited); removed at exit.", valueName: "path"))
+    var readyFile: String?
+
     @Flag(name: .long, help: "Print one JSON object.")
     var json = false
 
     func validate() throws {
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
         if let count, count < 1 { throw ValidationError("--count must be at least 1") }
-        guard op == .ping || (size.value >= 1 && size.value < Int(UInt32.max)) else {
-            throw ValidationError("--size must be 1 byte to 4 GiB - 2")
-        }
+        if op != .ping, let problem = size.problem { throw ValidationError("--size \(problem)") }
         guard maxErrors >= 0 else { throw ValidationError("--max-errors must not be negative") }
+        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
+        guard roundFiles == nil || rounds > 1 else { throw ValidationError("--round-files needs --rounds 2 or more") }
+        guard awaitSessions >= 0 else { throw ValidationError("--await-sessions must not be negative") }
+        guard awaitSessions == 0 || serve else { throw ValidationError("--await-sessions needs --serve") }
     }
 
     func run() async throws {
@@ -80,10 +100,11 @@ struct SelftestCommand: AsyncParsableCommand {
             let control = try ControlNode(options: node, logger: logger, overrides: overrides)
             defer { control.shutdown() }
             var localServer: SelftestServer?
-            if control.isLocal(target) {
+            if control.isLocal(target) || serve {
                 let tunables = control.tunables
                 localServer = SelftestServer(lnet: control.lnet, nid: control.nid, configuration: .init(
-                    maxSessionMemory: Int.max, maxTotalMemory: Int.max,
+                    maxSessionMemory: control.isLocal(target) ? Int.max : 256 << 20,
+                    maxTotalMemory: control.isLocal(target) ? Int.max : 1 << 30,
                     getMode: tunables.map { AdvertisedBulkMode($0.getMode) } ?? .unknown,
                     putMode: tunables.map { AdvertisedBulkMode($0.putMode) } ?? .unknown), logger: logger)
                 try localServer?.start()
@@ -91,7 +112,7 @@ struct SelftestCommand: AsyncParsableCommand {
             defer { localServer?.stop() }
 
             var configuration = SelftestConfiguration(
-                op: op, size: size.value, concurrency: concurrency,
+                op: op, size: size.max, minSize: size.isRange ? size.min : nil, concurrency: concurrency,
                 count: count ?? (duration == nil ? 100 : nil), duration: duration?.duration, verify: verify,
                 operationTimeout: timeout.duration, maxErrors: maxErrors == 0 ? nil : maxErrors)
             if let mode { configuration.requiredServerGetMode = AdvertisedBulkMode(mode) }
@@ -105,49 +126,146 @@ struct SelftestCommand: AsyncParsableCommand {
                     FileHandle.standardError.write(Data("\r\u{1B}[K  \(done) ops  \(format(rate)) MB/s  \(progress.failed) errors  \(format(seconds, 1)) s".utf8))
                 }
             }
-            let result: SelftestResult
-            do throws(SelftestError) {
-                result = try await SelftestClient(lnet: control.lnet, logger: logger).run(configuration, target: target)
-            } catch {
-                if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
-                throw CommandFailure(error.description)
+            if let readyFile {
+                do { try "\(getpid())\n".write(toFile: readyFile, atomically: true, encoding: .utf8) } catch {
+                    throw CommandFailure("cannot write --ready-file \(readyFile): \(error.localizedDescription)")
+                }
+            }
+            if let startFile { try await waitForFile(startFile, timeout: timeout.duration) }
+            // Each round is its own session; a later round retries its set-up (e.g. while a restarted server comes
+            // back) until --timeout.
+            var results: [SelftestResult] = []
+            var setupFailure: String?
+            let client = SelftestClient(lnet: control.lnet, logger: logger)
+            for round in 1...rounds {
+                if round > 1, let roundFiles {
+                    let done = "\(roundFiles).done-\(round - 1)"
+                    guard FileManager.default.createFile(atPath: done, contents: nil) else {
+                        throw CommandFailure("cannot create \(done)")
+                    }
+                    try await waitForFile("\(roundFiles).go-\(round - 1)", timeout: timeout.duration)
+                }
+                let deadline = ContinuousClock.now + timeout.duration
+                while true {
+                    do throws(SelftestError) {
+                        results.append(try await client.run(configuration, target: target))
+                        break
+                    } catch {
+                        let retriable: Bool
+                        switch error {
+                        case .noServer, .controlFailed, .timeout, .lnet: retriable = round > 1
+                        default: retriable = false
+                        }
+                        if retriable, ContinuousClock.now < deadline {
+                            logger.info("round \(round): session set-up failed, retrying", metadata: ["error": "\(error)"])
+                            try? await Task.sleep(for: .milliseconds(500))
+                            continue
+                        }
+                        setupFailure = "round \(round): \(error.description)"
+                        break
+                    }
+                }
+                if setupFailure != nil { break }
             }
             if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            if let localServer, awaitSessions > 0 {
+                let deadline = ContinuousClock.now + timeout.duration
+                while ContinuousClock.now < deadline {
+                    let stats = localServer.statistics
+                    if stats.sessionsOpened >= awaitSessions && stats.sessionsActive == 0 { break }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+            }
+            // The connections while every party is still up: with --await-sessions the other nodes are done too,
+            // and lingering a second lets them take theirs before this node disconnects.
+            let connections = control.lnd?.connections
+            if awaitSessions > 0 { try? await Task.sleep(for: .seconds(1)) }
+            let served = localServer?.statistics
+            localServer?.stop()
+            let report = control.shutdownAndReport(connections: connections)
+            if let readyFile { try? FileManager.default.removeItem(atPath: readyFile) }
+            guard let last = results.last else {
+                throw CommandFailure((setupFailure ?? "no session ran") + (report.accountingProblem.map { "; \($0)" } ?? ""))
+            }
 
             // How the data moved: reads as the server's LND decides, writes as ours; pings are always eager.
             let effectiveMode: String
             switch op {
             case .read:
-                let serverMode = result.ready?.getMode ?? .unknown
+                let serverMode = last.ready?.getMode ?? .unknown
                 effectiveMode = serverMode != .unknown ? serverMode.rawValue : (localServer == nil ? "unknown" : control.tunables?.getMode.rawValue ?? "loopback")
             case .write:
                 effectiveMode = control.tunables?.putMode.rawValue ?? "loopback"
             case .ping:
                 effectiveMode = "eager"
             }
-            let gib = Double(result.bytes) / Double(1 << 30)
-            let clientCPU = Double(result.clientUsage.cpuNanoseconds) / 1e9
-            let serverCPU = result.closed.map { Double($0.serverCPUNanoseconds) / 1e9 }
+            let inProcess = localServer != nil && control.isLocal(target)
+            let servedCleanly = (served?.verificationFailures ?? 0) == 0
+            func roundPassed(_ result: SelftestResult) -> Bool {
+                result.attempted > 0 && result.failed == 0 && (!verify || result.verified) && result.teardownError == nil
+            }
+            let passed = results.count == rounds && results.allSatisfy(roundPassed) && report.finalizedExactlyOnce && servedCleanly
+
             var extra: [String: JSONValue] = [
                 "from": .string(control.processID.description),
-                "client_cpu_s_per_gib": gib > 0 ? .number(clientCPU / gib, decimals: 4) : .null,
-                "in_process_server": .bool(localServer != nil),
+                "in_process_server": .bool(inProcess),
+                "lnet": report.lnetJSON,
+                "lnd": report.lndJSON,
+                "passed": .bool(passed),
             ]
-            if let serverCPU, localServer == nil {
-                extra["total_cpu_s_per_gib"] = gib > 0 ? .number((clientCPU + serverCPU) / gib, decimals: 4) : .null
+            if serve, let served {
+                extra["served"] = .object([
+                    "sessions_opened": .int(served.sessionsOpened), "operations": .int(served.operationsServed),
+                    "bytes": .int(served.bytesServed), "verification_failures": .int(served.verificationFailures),
+                    "pings": .int(served.pingsServed),
+                ])
+            }
+            func cpuFigures(_ result: SelftestResult) -> [String: JSONValue] {
+                let gib = Double(result.bytes) / Double(1 << 30)
+                let clientCPU = Double(result.clientUsage.cpuNanoseconds) / 1e9
+                var figures: [String: JSONValue] = ["client_cpu_s_per_gib": gib > 0 ? .number(clientCPU / gib, decimals: 4) : .null]
+                if let closed = result.closed, !inProcess {
+                    let serverCPU = Double(closed.serverCPUNanoseconds) / 1e9
+                    figures["total_cpu_s_per_gib"] = gib > 0 ? .number((clientCPU + serverCPU) / gib, decimals: 4) : .null
+                }
+                return figures
+            }
+            if rounds > 1 {
+                // Top level: the last round's figures with counts summed over rounds; each round in "rounds".
+                let roundObjects = results.map { result in result.json(mode: effectiveMode, extra: cpuFigures(result)) }
+                extra["rounds"] = .array(roundObjects)
+                for key in ["attempted", "succeeded", "failed", "errors", "count", "bytes", "verified_ops", "verification_failures"] {
+                    extra[key] = .int(roundObjects.reduce(0) { sum, object in
+                        if case .object(let members) = object, case .int(let value)? = members[key] { return sum + Int(value) }
+                        return sum
+                    })
+                }
+                extra["verified"] = .bool(verify && results.count == rounds && results.allSatisfy(\.verified))
+                extra["setup_error"] = setupFailure.map { .string($0) } ?? .null
             }
             if json {
-                console.emit(result.json(mode: effectiveMode, extra: extra))
+                console.emit(last.json(mode: effectiveMode, extra: cpuFigures(last).merging(extra) { _, new in new }))
             } else {
-                for line in summaryLines(result, mode: effectiveMode, from: control.processID, serverCPU: serverCPU,
-                                         inProcess: localServer != nil) {
-                    console.out(line)
+                for (index, result) in results.enumerated() {
+                    if rounds > 1 { console.out("round \(index + 1) of \(rounds)") }
+                    let serverCPU = result.closed.map { Double($0.serverCPUNanoseconds) / 1e9 }
+                    for line in summaryLines(result, mode: effectiveMode, from: control.processID, serverCPU: serverCPU, inProcess: inProcess) {
+                        console.out(line)
+                    }
+                }
+                if let setupFailure { console.out("  set-up    \(setupFailure)") }
+                console.out(report.summaryLine)
+                if let served {
+                    console.out("  served    \(served.sessionsOpened) sessions, \(served.operationsServed) operations, \(formatBytes(served.bytesServed)), \(served.verificationFailures) verification failures")
                 }
             }
-            let passed = result.attempted > 0 && result.failed == 0 && (!verify || result.verified) && result.teardownError == nil
             if !passed {
-                let reason = result.firstError ?? result.teardownError ?? (result.attempted == 0 ? "no operation ran" : "not verified")
-                console.err("lnetctl selftest: \(result.failed) of \(result.attempted) operations failed\(verify && !result.verified ? ", not verified" : ""): \(reason)")
+                let failedRound = results.first { !roundPassed($0) }
+                let attempted = results.reduce(0) { $0 + $1.attempted }, failed = results.reduce(0) { $0 + $1.failed }
+                let reason = setupFailure ?? failedRound.flatMap { $0.firstError ?? $0.teardownError } ?? report.accountingProblem
+                    ?? (servedCleanly ? nil : "writes served to other nodes failed verification")
+                    ?? (attempted == 0 ? "no operation ran" : "not verified")
+                console.err("lnetctl selftest: \(failed) of \(attempted) operations failed\(verify && !results.allSatisfy(\.verified) ? ", not verified" : ""): \(reason)")
                 throw ExitCode(1)
             }
         }
@@ -157,7 +275,7 @@ struct SelftestCommand: AsyncParsableCommand {
         let gib = Double(result.bytes) / Double(1 << 30)
         let clientCPU = Double(result.clientUsage.cpuNanoseconds) / 1e9
         var lines = [
-            "selftest \(result.op) \(formatBytes(result.size)) x\(result.concurrency) \(from) -> \(result.target) (mode \(mode)\(verify ? ", verify" : ""))",
+            "selftest \(result.op) \(result.minSize == result.size ? formatBytes(result.size) : result.sizes.description) x\(result.concurrency) \(from) -> \(result.target) (mode \(mode)\(verify ? ", verify" : ""))",
             "  ops       \(result.attempted) attempted, \(result.succeeded) ok, \(result.failed) failed in \(format(result.elapsedSeconds, 3)) s",
             "  rate      \(format(result.megabytesPerSecond)) MB/s, \(format(result.messagesPerSecond)) msgs/s",
             "  latency   p50 \(format(Double(result.latency.percentile(50)) / 1000)) us, p99 \(format(Double(result.latency.percentile(99)) / 1000)) us, "
@@ -175,5 +293,14 @@ struct SelftestCommand: AsyncParsableCommand {
         if let first = result.firstError { lines.append("  first error: \(first)") }
         if let teardown = result.teardownError { lines.append("  teardown: \(teardown)") }
         return lines
+    }
+}
+
+/// Waits until `path` exists (polling every millisecond), for `--start-file`.
+func waitForFile(_ path: String, timeout: Duration) async throws(CommandFailure) {
+    let deadline = ContinuousClock.now + timeout
+    while access(path, F_OK) != 0 {
+        guard ContinuousClock.now < deadline else { throw CommandFailure("\(path) did not appear within \(timeout)") }
+        do { try await Task.sleep(for: .milliseconds(1)) } catch { throw CommandFailure("cancelled while waiting for \(path)") }
     }
 }

@@ -62,7 +62,7 @@ struct ServeCommand: AsyncParsableCommand {
             let signal = await signals.wait()
             let stats = server.statistics
             server.stop()
-            control.shutdown()
+            let report = control.shutdownAndReport()
             let usage = ResourceUsage.current()
             let uptime = ContinuousClock.now - started
             console.err("lnetctl serve: \(signal == SIGINT ? "SIGINT" : "SIGTERM"), shut down")
@@ -84,11 +84,19 @@ struct ServeCommand: AsyncParsableCommand {
                     "pings": .int(stats.pingsServed),
                     "cpu_s": .number(Double(usage.cpuNanoseconds) / 1e9, decimals: 6),
                     "max_rss_kib": .uint(usage.maxRSSKiB),
+                    "lnet": report.lnetJSON,
+                    "lnd": report.lndJSON,
                 ]))
             } else {
                 console.out("served \(stats.sessionsOpened) sessions (\(stats.sessionsRefused) refused), \(stats.operationsServed) operations, "
                             + "\(formatBytes(stats.bytesServed)), \(stats.pingsServed) pings, \(stats.verificationFailures) verification failures; "
                             + "cpu \(format(Double(usage.cpuNanoseconds) / 1e9, 2)) s, peak RSS \(formatBytes(Int(usage.maxRSSKiB) * 1024))")
+                console.out(report.summaryLine)
+            }
+            if let problem = report.accountingProblem {
+                console.err("lnetctl serve: \(problem)")
+                if let readyFile { try? FileManager.default.removeItem(atPath: readyFile) }
+                throw ExitCode(1)
             }
             if let readyFile { try? FileManager.default.removeItem(atPath: readyFile) }
         }

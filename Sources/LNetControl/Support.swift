@@ -102,6 +102,8 @@ final class ControlNode: Sendable {
     let nid: NID
     /// The o2ib LND's tunables (nil on a loopback-only node).
     let tunables: LNDTunables?
+    /// The o2ib LND (nil on a loopback-only node).
+    let lnd: RDMALND?
 
     var processID: ProcessID { ProcessID(nid: nid, pid: lnet.pid) }
 
@@ -139,12 +141,15 @@ final class ControlNode: Sendable {
             case .loopback:
                 nid = try lnet.addLoopback().nid
                 self.tunables = nil
+                self.lnd = nil
             case .o2ib:
                 var lndLogger = logger
                 lndLogger[metadataKey: "component"] = "o2ib"
-                let ni = try lnet.addInterface(interface, lnd: RDMALND(tunables: tunables, logger: lndLogger))
+                let lnd = RDMALND(tunables: tunables, logger: lndLogger)
+                let ni = try lnet.addInterface(interface, lnd: lnd)
                 nid = ni.nid
                 self.tunables = tunables
+                self.lnd = lnd
                 // Messages to our own NID go through loopback.
                 try lnet.addLoopback()
             default:
@@ -179,6 +184,16 @@ final class ControlNode: Sendable {
         }
         lnet.shutdown()
     }
+
+    /// Shuts the node down (as ``shutdown(drainFor:)``) and reports what its LND did and whether every message
+    /// handed to an LND was finalized exactly once. Call once, at the end of a command.
+    /// `connections`: the LND's connections as taken earlier (default: just before shutdown).
+    func shutdownAndReport(connections taken: [LNDConnectionInfo]? = nil) -> NodeReport {
+        let connections = taken ?? lnd?.connections ?? []
+        let lndCounters = lnd?.counters
+        shutdown()
+        return NodeReport(interfaces: lnet.counters().interfaces, lndCounters: lndCounters, connectionsAtEnd: connections)
+    }
 }
 
 /// Parses a target: `12345-192.0.2.1@o2ib`, or a bare NID (pid 12345).
@@ -202,6 +217,56 @@ struct ByteCount: ExpressibleByArgument, Sendable, Equatable, CustomStringConver
     }
 
     var description: String { formatBytes(value) }
+
+    static var defaultCompletionKind: CompletionKind { .default }
+}
+
+/// One byte count (`1MiB`) or a range `MIN-MAX` (`1-64KiB`, `64KiB-16MiB`, `1B-1MiB`), each end a ``ByteCount``.
+/// Whether the values are usable is ``problem``'s business, so a bad range gets its own message.
+struct ByteCountRange: ExpressibleByArgument, Sendable, Equatable, CustomStringConvertible {
+    let min: Int
+    let max: Int
+
+    init(_ value: Int) {
+        min = value
+        max = value
+    }
+
+    init(min: Int, max: Int) {
+        self.min = min
+        self.max = max
+    }
+
+    init?(argument: String) {
+        let ends = argument.split(separator: "-", omittingEmptySubsequences: false)
+        switch ends.count {
+        case 1:
+            guard let value = parseSize(argument) else { return nil }
+            self.init(value)
+        case 2:
+            guard let low = parseSize(String(ends[0])), let high = parseSize(String(ends[1])) else { return nil }
+            self.init(min: low, max: high)
+        default:
+            return nil
+        }
+    }
+
+    var isRange: Bool { min != max }
+
+    /// `1 MiB` for one size, `1B-64KiB` for a range.
+    var description: String { isRange ? OperationSizes(minimum: min, maximum: max).description : formatBytes(max) }
+
+    /// Why these sizes cannot be used for self-test operations (1 byte to 4 GiB - 2 each, MIN <= MAX), in words
+    /// that follow the option's name; `nil` when they can.
+    var problem: String? {
+        let limit = Int(UInt32.max) - 1
+        guard isRange else { return max >= 1 && max <= limit ? nil : "must be 1 byte to 4 GiB - 2" }
+        let text = OperationSizes(minimum: min, maximum: max).description
+        if min < 1 { return "\(text): the minimum must be at least 1 byte" }
+        if min > max { return "\(text): the minimum is larger than the maximum" }
+        if max > limit { return "\(text): the maximum must be at most 4 GiB - 2" }
+        return nil
+    }
 
     static var defaultCompletionKind: CompletionKind { .default }
 }

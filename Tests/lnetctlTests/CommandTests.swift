@@ -90,6 +90,49 @@ import Testing
         #expect(object["size"] as? Int == (op == "ping" ? 40 : 16384))
         let latency = try #require(object["latency_us"] as? [String: Any])
         for key in ["p50", "p99", "max"] { #expect(latency[key] is NSNumber, "latency \(key)") }
+        // Message accounting after shutdown: everything handed to the (loopback) LND finalized exactly once.
+        let lnet = try #require(object["lnet"] as? [String: Any])
+        #expect(lnet["exactly_once"] as? Bool == true && lnet["pending"] as? Int == 0 && lnet["finalized_twice"] as? Int == 0)
+        #expect((lnet["handed_to_lnd"] as? Int ?? 0) >= 25 && lnet["finalized_error"] as? Int == 0)
+        #expect(object["lnd"] is NSNull, "no o2ib LND on a loopback node")
+    }
+
+    @Test func selftestStartFileAndServeOptions() async throws {
+        let startFile = FileManager.default.temporaryDirectory.appendingPathComponent("lnetctl-start-\(getpid())").path
+        try? FileManager.default.removeItem(atPath: startFile)
+        let waiting = try await LnetctlBinary.run(["selftest", "--nid", "0@lo", "--to", "0@lo", "--count", "1", "--serve",
+                                                   "--start-file", startFile, "--timeout", "300ms"])
+        #expect(waiting.status != 0 && waiting.stderr.contains(startFile), "\(waiting.stderr)")
+        _ = FileManager.default.createFile(atPath: startFile, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: startFile) }
+        let started = try await LnetctlBinary.run(["selftest", "--nid", "0@lo", "--to", "0@lo", "--count", "3", "--serve",
+                                                   "--start-file", startFile, "--verify", "--json"])
+        #expect(started.status == 0, "\(started.stderr)")
+        #expect(try started.json()["verified"] as? Bool == true)
+        let bad = try await LnetctlBinary.run(["selftest", "--nid", "0@lo", "--to", "0@lo", "--await-sessions", "1"])
+        #expect(bad.status != 0 && bad.stderr.contains("--serve"), "\(bad.stderr)")
+    }
+
+    /// --rounds runs sessions one after the other in one process; --round-files lets a script act between them.
+    @Test func roundsWithRoundFiles() async throws {
+        let prefix = FileManager.default.temporaryDirectory.appendingPathComponent("lnetctl-rounds-\(getpid())").path
+        defer { for suffix in ["done-1", "go-1"] { try? FileManager.default.removeItem(atPath: "\(prefix).\(suffix)") } }
+        let (process, out, err) = try LnetctlBinary.start(["selftest", "--nid", "0@lo", "--to", "0@lo", "--op", "write", "--count", "5",
+                                                           "--verify", "--rounds", "2", "--round-files", prefix, "--json"])
+        let deadline = Date().addingTimeInterval(30)
+        while !FileManager.default.fileExists(atPath: "\(prefix).done-1"), process.isRunning, Date() < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(FileManager.default.fileExists(atPath: "\(prefix).done-1"))
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(process.isRunning, "waits for the go file")
+        _ = FileManager.default.createFile(atPath: "\(prefix).go-1", contents: nil)
+        let outcome = try await LnetctlBinary.finish(process, out, err, timeout: 30)
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let object = try outcome.json()
+        #expect((object["rounds"] as? [Any])?.count == 2 && object["attempted"] as? Int == 10 && object["verified"] as? Bool == true)
+        let bad = try await LnetctlBinary.run(["selftest", "--nid", "0@lo", "--to", "0@lo", "--round-files", prefix])
+        #expect(bad.status != 0 && bad.stderr.contains("--rounds"), "\(bad.stderr)")
     }
 
     @Test func selftestTextSummary() async throws {
@@ -99,6 +142,27 @@ import Testing
         for word in ["MB/s", "msgs/s", "p50", "p99", "max", "errors    0", "verified  yes"] {
             #expect(outcome.stdout.contains(word), "\(word) in \(outcome.stdout)")
         }
+    }
+
+    @Test(arguments: ["read", "write"])
+    func selftestMixedSizes(op: String) async throws {
+        let outcome = try await LnetctlBinary.run(["selftest", "--nid", "0@lo", "--to", "0@lo", "--op", op, "--size", "1-64KiB",
+                                                   "--concurrency", "3", "--count", "40", "--verify", "--json"])
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let object = try outcome.json()
+        #expect(object["size"] as? Int == 65536 && object["size_min"] as? Int == 1 && object["size_max"] as? Int == 65536)
+        #expect(object["verified"] as? Bool == true && object["succeeded"] as? Int == 40)
+        let bytes = try #require(object["bytes"] as? Int)
+        #expect(bytes >= 40 && bytes < 40 * 65536)
+        let server = try #require(object["server"] as? [String: Any])
+        #expect(server["bytes"] as? Int == bytes)
+        let text = try await LnetctlBinary.run(["selftest", "--nid", "0@lo", "--to", "0@lo", "--op", op, "--size", "1B-64KiB",
+                                                "--count", "10", "--verify"])
+        #expect(text.status == 0, "\(text.stderr)")
+        #expect(text.stdout.contains("selftest \(op) 1B-64KiB x8"), "\(text.stdout)")
+        let inverted = try await LnetctlBinary.run(["selftest", "--nid", "0@lo", "--to", "0@lo", "--size", "64KiB-1KiB"])
+        #expect(inverted.status != 0 && inverted.stderr.contains("--size 64KiB-1KiB: the minimum is larger than the maximum"),
+                "\(inverted.stderr)")
     }
 
     @Test func selftestWithDuration() async throws {
@@ -141,6 +205,7 @@ import Testing
         let object = try outcome.json()
         #expect(object["signal"] as? String == (signal == SIGTERM ? "SIGTERM" : "SIGINT"))
         #expect(object["nid"] as? String == "0@lo" && object["operations"] as? Int == 0 && object["cpu_s"] is NSNumber)
+        #expect((object["lnet"] as? [String: Any])?["exactly_once"] as? Bool == true)
         #expect(!FileManager.default.fileExists(atPath: readyFile))
     }
 }

@@ -52,6 +52,7 @@ struct LnetctlDeviceTests {
         #expect(outcome.status == 0, "serve: \(outcome.stderr)")
         let summary = try outcome.json()
         #expect(summary["verification_failures"] as? Int == 0)
+        #expect((summary["lnet"] as? [String: Any])?["exactly_once"] as? Bool == true, "\(outcome.stdout)")
     }
 
     var client: [String] { ["--nid", "\(RxeTestBed.client)@o2ib"] }
@@ -73,6 +74,10 @@ struct LnetctlDeviceTests {
                         "\(op) \(size) \(mode): \(run.stdout)")
                 #expect(object["mode"] as? String == mode)
                 #expect((object["mb_per_s"] as? Double ?? 0) > 0)
+                let lnet = try #require(object["lnet"] as? [String: Any])
+                #expect(lnet["exactly_once"] as? Bool == true && lnet["finalized_error"] as? Int == 0, "\(lnet)")
+                let lnd = try #require(object["lnd"] as? [String: Any])
+                #expect(lnd["connections_established"] as? Int == 1 && lnd["protocol_errors"] as? Int == 0, "\(lnd)")
             }
         }
     }
