@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# fault-suite.sh - the two-host fault suite: verified self-test traffic between two SoftRoCE VMs while faults hit
+# the link or the server, checking that every message is finalized exactly once and nothing is lost.
+#
+# Usage:
+#   scripts/fault-suite.sh [CASE...]      (default: every case, in this order)
+#
+# Cases (host A = 192.0.2.1 runs the client, host B = 192.0.2.2 the server; see scripts/softroce-2host.sh):
+#   netem-read-pull, netem-read-push, netem-write-pull, netem-write-push
+#                 1% loss and 5 ms +/- 2 ms delay with reordering (netem "loss 1% delay 5ms 2ms reorder 25% 50%")
+#                 on both hosts' links (both directions) during a session of bulk GETs (reads) or PUTs (writes) in
+#                 each bulk mode; operations may fail with an error (rxe's go-back-N retransmission collapses under
+#                 reordering, see below) but none may be lost or unverified; then the fault is removed and a second
+#                 session in the same client process must succeed entirely
+#   blackout      100% loss for 2 s (link up) during bulk writes: traffic resumes, every operation succeeds
+#   link-down     A's link down for 2 s during bulk reads: rxe fails the QP, pending operations fail with an error
+#                 (not the self-test's own timeout), the connection is rebuilt, and a second session in the same
+#                 client process succeeds entirely
+#   server-kill   the server killed (SIGKILL) during bulk reads, then restarted (a new incarnation): the client's
+#                 pending operations fail with an error, nothing hangs; a second session in the same client process
+#                 reconnects and succeeds entirely
+#   race          both hosts start a self-test against each other at the same moment (3 times): each side ends
+#                 with exactly one connection to the other, and both sessions succeed
+#
+# Every case checks: each lnetctl process exited by itself (no hang); the LNet accounting of every process that
+# was not killed adds up (every message handed to the LND finalized exactly once, none pending, none finalized
+# twice); "lost" = operations neither succeeded nor failed + messages not finalized = 0; every successful
+# operation was verified byte for byte (reads by the client, writes by the server).
+# Results: results/fault-suite.txt (the table, also printed) and results/fault-suite.json; the raw JSON and stderr
+# of every process under results/fault-suite/. Exit status 0 when every case passed.
+#
+# rxe and reordering: on these machines perftest itself (ib_read_bw/ib_write_bw -s 262144 -n 200 across the two
+# VMs) did not finish within 90 s under that netem setting; every reordered packet makes rxe's responder NAK and
+# the requester resend from there. So under netem the suite expects failures with errors, not throughput.
+#
+# Uses the debug build of lnetctl (.build/debug/lnetctl; FAULT_SUITE_BIN=DIR for another) - build it first
+# (scripts/test.sh does). Environment: FAULT_SUITE_DURATION (seconds of traffic per case, default 10),
+# FAULT_SUITE_SIZE (bytes per bulk operation, default 256KiB), FAULT_SUITE_CONCURRENCY (default 4), LND_TIMEOUT
+# (default here 10 s), FAULT_SUITE_NETEM (the netem arguments), FAULT_SUITE_NETEM_SIZE (bytes per operation under
+# netem, default 64KiB), LNET_LOG_LEVEL (e.g. info: more in the .err files), and anything softroce-2host.sh takes (SOFTROCE_2HOST_*).
+set -euo pipefail
+
+ALL_CASES=(netem-read-pull netem-read-push netem-write-pull netem-write-push blackout link-down server-kill race)
+
+# ---------------------------------------------------------------------------------------------------------------
+# The orchestrator: runs on this machine as softroce-2host.sh's fault script (on_a/on_b, F_RUN are given).
+if [[ ${1:-} == --orchestrate ]]; then
+    shift
+    SH=$F_RUN/shared                # the shared folder, as this machine sees it
+    VSH=/run/softroce-2host         # ... and as the VMs see it
+    BIN=$FS_BIN
+    DUR=$FS_DURATION
+    trap ': >"$SH/finished"' EXIT
+    failures=0
+    note() { echo "+$(elapsed_s) s $*"; }
+
+    wait_file() {   # wait_file PATH SECONDS
+        local i
+        for ((i = 0; i < $2 * 10; i++)); do
+            [[ -e $1 ]] && return 0
+            sleep 0.1
+        done
+        note "timed out after $2 s waiting for ${1#"$SH"/}"
+        return 1
+    }
+    # A script in the shared folder that runs one lnetctl command in the background on a host, recording its
+    # PID (in the VM's /tmp/NAME.pid) and exit status (shared NAME.rc); output to shared NAME.json / NAME.err.
+    launch() {   # launch A|B NAME ENV... -- ARGS...
+        local host=$1 name=$2 envs=() a
+        shift 2
+        while [[ $1 != -- ]]; do envs+=("$1"); shift; done
+        shift
+        rm -f "$SH/$name".{json,err,rc,ready}
+        {
+            printf 'cd %q\n' "$PWD"
+            printf '%s ' env "${envs[@]}" "$BIN/lnetctl"
+            for a in "$@"; do printf '%q ' "$a"; done
+            printf '>%s/%s.json 2>%s/%s.err </dev/null &\n' "$VSH" "$name" "$VSH" "$name"
+            printf 'echo $! >/tmp/%s.pid\nwait $!\necho $? >%s/%s.rc\n' "$name" "$VSH" "$name"
+        } >"$SH/$name.sh"
+        "on_${host,}" "nohup sh $VSH/$name.sh >/dev/null 2>&1 &"
+    }
+    serve() {   # serve NAME GET_MODE: starts the server on B and waits until it serves
+        launch B "$1" "LND_GET_MODE=$2" -- serve --nid 192.0.2.2@o2ib --json --ready-file "$VSH/$1.ready"
+        wait_file "$SH/$1.ready" 90
+    }
+    stop() {   # stop A|B NAME [SIGNAL]: signals the process and waits for its exit status
+        "on_${1,}" "kill -${3:-TERM} \$(cat /tmp/$2.pid)" || true
+        wait_file "$SH/$2.rc" 60
+    }
+    client() {   # client NAME ARGS...: starts a self-test from A to B's server; returns once its node is up
+        local name=$1
+        shift
+        launch A "$name" -- selftest --nid 192.0.2.1@o2ib --to 192.0.2.2@o2ib --verify --json --max-errors 0 \
+            --timeout 40s --concurrency "$FS_CONCURRENCY" --ready-file "$VSH/$name.ready" "$@"
+        wait_file "$SH/$name.ready" 90 || [[ -e $SH/$name.rc ]]
+    }
+    finish() {   # finish NAME [SECONDS]: waits for a client to exit by itself
+        wait_file "$SH/$1.rc" "${2:-180}"
+    }
+    netem_both() {   # netem_both add|del [ARGS]
+        if [[ $1 == add ]]; then
+            on_a "tc qdisc add dev eth0 root netem $2" && on_b "tc qdisc add dev eth0 root netem $2"
+        else
+            on_a "tc qdisc del dev eth0 root" || true
+            on_b "tc qdisc del dev eth0 root" || true
+        fi
+    }
+
+    run_case() {
+        local c=$1 mode op
+        note "== case $c"
+        case $c in
+            netem-*)
+                op=${c#netem-}; mode=${op#*-}; op=${op%-*}
+                serve "$c.server" "$mode" || return 1
+                netem_both add "$FS_NETEM" || return 1
+                # Round 1 under the fault; then the fault goes and round 2 (same client process) must all succeed.
+                client "$c.client" --op "$op" --mode "$mode" --size "$FS_NETEM_SIZE" --duration "${DUR}s" \
+                    --rounds 2 --round-files "$VSH/$c.round" || return 1
+                wait_file "$SH/$c.round.done-1" 120 || return 1
+                netem_both del
+                : >"$SH/$c.round.go-1"
+                finish "$c.client" || return 1
+                stop B "$c.server"
+                ;;
+            blackout)
+                serve "$c.server" pull || return 1
+                client "$c.client" --op write --mode push --size "$FS_SIZE" --duration "${DUR}s" || return 1
+                sleep_s 3
+                note "blackout: 100% loss on B's link for 2 s"
+                on_b "tc qdisc add dev eth0 root netem loss 100%; sleep 2; tc qdisc del dev eth0 root" || return 1
+                finish "$c.client" || return 1
+                stop B "$c.server"
+                ;;
+            link-down)
+                serve "$c.server" pull || return 1
+                client "$c.client" --op read --mode pull --size "$FS_SIZE" --duration "${DUR}s" --rounds 2 || return 1
+                sleep_s 3
+                note "link down: A's eth0 down for 2 s"
+                on_a "ip link set eth0 down; sleep 2; ip link set eth0 up" || return 1
+                finish "$c.client" || return 1
+                stop B "$c.server"
+                ;;
+            server-kill)
+                serve "$c.server" pull || return 1
+                client "$c.client" --op read --mode pull --size "$FS_SIZE" --duration "${DUR}s" --rounds 2 || return 1
+                sleep_s 3
+                note "server killed (SIGKILL)"
+                stop B "$c.server" KILL || return 1
+                sleep_s 1
+                note "server restarted"
+                serve "$c.server2" pull || return 1
+                finish "$c.client" || return 1
+                stop B "$c.server2"
+                ;;
+            race)
+                local i
+                for i in 1 2 3; do
+                    rm -f "$SH/$c.go$i"
+                    for h in A B; do
+                        local me=192.0.2.1 peer=192.0.2.2
+                        [[ $h == B ]] && { me=192.0.2.2; peer=192.0.2.1; }
+                        launch "$h" "$c.$i.$h" -- selftest --nid "$me@o2ib" --to "$peer@o2ib" --op read --size 64KiB \
+                            --count 20 --concurrency 2 --verify --json --timeout 60s --serve --await-sessions 1 \
+                            --ready-file "$VSH/$c.$i.$h.ready" --start-file "$VSH/$c.go$i"
+                    done
+                    wait_file "$SH/$c.$i.A.ready" 90 && wait_file "$SH/$c.$i.B.ready" 90 || return 1
+                    note "race $i: go"
+                    : >"$SH/$c.go$i"
+                    finish "$c.$i.A" 120 && finish "$c.$i.B" 120 || return 1
+                done
+                ;;
+            cm-probe)   # diagnostic (not in the default list): can rdma_cm still connect A -> B? Plus both kernels' logs.
+                on_b "nohup timeout 30 ib_send_lat -R -x 1 -d rxe0 -n 100 >$VSH/cm-probe.B.txt 2>&1 &"
+                sleep_s 3
+                on_a "(ip neigh; ping -c 3 -W 2 192.0.2.2; ip -s link show eth0; timeout 25 ib_send_lat -R -x 1 -d rxe0 -n 100 192.0.2.2; echo rc=\$?) >$VSH/cm-probe.A.txt 2>&1"
+                on_a "dmesg >$VSH/cm-probe.dmesg-A.txt"; on_b "dmesg >$VSH/cm-probe.dmesg-B.txt"
+                ;;
+            *) note "unknown case $c"; return 1 ;;
+        esac
+    }
+
+    counters() {   # counters NAME: both hosts' rxe counters into the shared folder
+        local h
+        for h in a b; do
+            "on_$h" "cd /sys/class/infiniband/rxe0/ports/1/hw_counters && grep . * >$VSH/$1.rxe-${h^}.txt" || true
+        done
+    }
+    for c in $FS_CASES; do
+        counters "$c.before"
+        if ! run_case "$c"; then
+            note "case $c: the harness failed (see above)"
+            : >"$SH/$c.harness-failed"
+            failures=$((failures + 1))
+            netem_both del
+        fi
+        counters "$c.after"
+    done
+    # Keep every file of the run.
+    mkdir -p "$FS_OUT"
+    cp "$SH"/*.json "$SH"/*.err "$SH"/*.rc "$SH"/*.txt "$FS_OUT"/ 2>/dev/null || true
+    cp "$SH"/*.harness-failed "$FS_OUT"/ 2>/dev/null || true
+    note "orchestrator done ($failures harness failures)"
+    exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# This machine: run both VMs with the orchestrator as the fault script, then judge the results.
+cd "$(dirname "$0")/.."
+cases=("$@")
+((${#cases[@]} > 0)) || cases=("${ALL_CASES[@]}")
+export FS_BIN=${FAULT_SUITE_BIN:-$PWD/.build/debug}
+export FS_DURATION=${FAULT_SUITE_DURATION:-10}
+export FS_SIZE=${FAULT_SUITE_SIZE:-256KiB}
+export FS_NETEM_SIZE=${FAULT_SUITE_NETEM_SIZE:-64KiB}
+export FS_CONCURRENCY=${FAULT_SUITE_CONCURRENCY:-4}
+export FS_OUT=$PWD/results/fault-suite
+export FS_CASES="${cases[*]}"
+export LND_TIMEOUT=${LND_TIMEOUT:-10}
+export FS_NETEM=${FAULT_SUITE_NETEM:-loss 1% delay 5ms 2ms reorder 25% 50%}
+[[ -x $FS_BIN/lnetctl ]] || { echo "fault-suite: no $FS_BIN/lnetctl (build first: swift build)" >&2; exit 2; }
+rm -rf "$FS_OUT" results/fault-suite.txt results/fault-suite.json
+mkdir -p results
+start=$(date +%s)
+harness=0
+SOFTROCE_2HOST_TIMEOUT=${SOFTROCE_2HOST_TIMEOUT:-1800} SOFTROCE_2HOST_GRACE=0 SOFTROCE_2HOST_FAULT_TIMEOUT=120 \
+    scripts/softroce-2host.sh \
+    --a 'until [ -e "$SOFTROCE_2HOST_SHARED/finished" ]; do sleep 0.5; done' \
+    --b 'until [ -e "$SOFTROCE_2HOST_SHARED/finished" ]; do sleep 0.5; done' \
+    --faults 'exec scripts/fault-suite.sh --orchestrate' || harness=$?
+echo "fault-suite: two-host run ended with status $harness after $(( $(date +%s) - start )) s"
+judge=0
+scripts/fault-summary.py "$FS_OUT" "${cases[@]}" --text results/fault-suite.txt --json results/fault-suite.json || judge=$?
+cat results/fault-suite.txt
+((harness == 0 && judge == 0))
