@@ -31,7 +31,9 @@
 #
 # rxe and reordering: on these machines perftest itself (ib_read_bw/ib_write_bw -s 262144 -n 200 across the two
 # VMs) did not finish within 90 s under that netem setting; every reordered packet makes rxe's responder NAK and
-# the requester resend from there. So under netem the suite expects failures with errors, not throughput.
+# the requester resend from there, and each such NAK uses up one of the QP's retries (LND_RETRY_COUNT, 5): a
+# pushed (RDMA WRITE) transfer then fails with "transport retry counter exceeded". So under netem the suite
+# expects failures with errors, not throughput.
 #
 # Uses the debug build of lnetctl (.build/debug/lnetctl; FAULT_SUITE_BIN=DIR for another) - build it first
 # (scripts/test.sh does). Environment: FAULT_SUITE_DURATION (seconds of traffic per case, default 10),
