@@ -16,7 +16,8 @@
 # that failed with an error are reported (with their error kinds and the LND's timeouts), not hidden.
 #
 # Uses the release build of lnetctl (built here: swift build -c release --product lnetctl).
-# Environment: SOAK_MEM (MiB per VM, default 3072), LND_* tunables (passed to every process).
+# Environment: SOAK_MEM (MiB per VM, default 3072), LND_* tunables (passed to every process; under emulation
+# a 16 MiB operation can take minutes when the link is saturated: LND_TIMEOUT=300 avoids timing those out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,9 @@ if [[ ${1:-} == --host ]]; then
     [[ $H == B ]] && base=21
     classes=("read 1-64KiB 224" "write 1-64KiB 224" "read 64KiB-1MiB 28" "write 64KiB-1MiB 28"
              "read 1MiB-16MiB 4" "write 1MiB-16MiB 4")
+    # An operation the LND has not finished after LND_TIMEOUT fails there; the self-test waits a minute longer, so
+    # that a failure is the LND's error, not the self-test giving up.
+    optimeout=$(( ${LND_TIMEOUT:-50} + 60 ))
     for i in 0 1 2 3 4 5; do ip addr add "192.0.2.$((base + i))/24" dev eth0; done
     sleep 1   # the new addresses' RoCE GIDs
     "$bin" serve --nid "$me@o2ib" --json --ready-file "$S/$H.serve.ready" >"$O/$H.serve.json" 2>"$O/$H.serve.err" &
@@ -42,7 +46,7 @@ if [[ ${1:-} == --host ]]; then
     for i in 0 1 2 3 4 5; do
         read -r op size conc <<<"${classes[$i]}"
         "$bin" selftest --nid "192.0.2.$((base + i))@o2ib" --to "$peer@o2ib" --op "$op" --size "$size" \
-            --concurrency "$conc" --duration "${duration}s" --verify --max-errors 0 --timeout 120s --json \
+            --concurrency "$conc" --duration "${duration}s" --verify --max-errors 0 --timeout "${optimeout}s" --json \
             >"$O/$H.client$i.json" 2>"$O/$H.client$i.err" &
         pids+=($!)
     done
