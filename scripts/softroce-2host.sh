@@ -106,43 +106,7 @@ usage() {
 squote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
 # ---------------------------------------------------------------------------------------------------------------
-# Guest stage 1: /init of the initramfs (busybox sh, PID 1). Part of the cached recipe (its text is hashed into the
-# cache stamp). It loads the modules, mounts the host's root (9p, read-only) under a tmpfs overlay at /newroot and
-# the per-run folder (9p) at /newroot/run/softroce-vm, then runs stage 2 from there.
-stage1_init() {
-    cat <<'EOF'
-#!/bin/busybox sh
-export PATH=/bin
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-exec </dev/null >/dev/console 2>&1
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mark() { read -r up _ </proc/uptime; echo "softroce-vm: [$up] $*"; }
-die() {
-    echo "softroce-vm: stage 1: $*"
-    poweroff -f
-    echo o >/proc/sysrq-trigger
-    sleep 60
-}
-mark "stage 1"
-while read -r m; do
-    insmod "/lib/modules/$m" || die "insmod $m failed"
-done </modules.order
-mark "modules loaded"
-O9P=trans=virtio,version=9p2000.L,msize=512000
-mount -t 9p -o "$O9P,ro,cache=loose" hostroot /lower || die "mount of the host root (9p) failed"
-mount -t tmpfs -o mode=0755 tmpfs /overlay || die "mount tmpfs"
-mkdir -p /overlay/upper /overlay/work
-mount -t overlay -o lowerdir=/lower,upperdir=/overlay/upper,workdir=/overlay/work overlay /newroot \
-    || die "overlay mount failed"
-mkdir -p /newroot/run/softroce-vm && mount -t 9p -o "$O9P,cache=none" svmrun /newroot/run/softroce-vm \
-    || die "mount of the run folder (9p) failed"
-mark "root mounted"
-[ -r /newroot/run/softroce-vm/stage2.sh ] || die "no stage2.sh in the run folder"
-. /newroot/run/softroce-vm/stage2.sh
-die "stage 2 returned"
-EOF
-}
+# Guest stage 1 (the initramfs /init): stage1_init in scripts/softroce-lib.sh.
 
 # Guest stage 2: sourced by stage 1 (busybox sh, PID 1); written per run, not cached. Sets up the host root at
 # /newroot, eth0 and rxe0, waits for the "go" mark, then runs COMMAND (run.sh) and the fault agent through chroot
