@@ -29,6 +29,8 @@ final class RawPeer {
         messageSize = Int(limits.maxMessageSize)
         channel = try CMEventChannel()
         id = try channel.createID()
+        // As the LND does (LND_ACK_TIMEOUT): with rdma_cm's default a lost packet may not be resent for a long time.
+        try id.setAckTimeout(17)
         try id.resolveAddress(from: IPv4Endpoint(address),
                               to: IPv4Endpoint(formatIPv4(victim.id.nid.address), port: UInt16(victim.lnd.tunables.servicePort)),
                               timeout: .seconds(5))
@@ -95,10 +97,13 @@ final class RawPeer {
         try queuePair.post(SendWorkRequest(id: nextID, operation: operation, scatterGather: sges))
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
+            // Keep every receive of the batch (one may complete together with our send), then answer.
+            var status: WorkCompletionStatus?
             for completion in try completionQueue.poll(max: 16) {
-                if completion.id == nextID { return completion.status }
+                if completion.id == nextID { status = completion.status }
                 if completion.id < 24 { pendingReceives.append(completion) }
             }
+            if let status { return status }
             Thread.sleep(forTimeInterval: 0.001)
         }
         throw RawPeerError("no completion for work request \(nextID)")
