@@ -56,17 +56,21 @@ if [[ ${1:-} == --orchestrate ]]; then
     failures=0
     note() { echo "+$(elapsed_s) s $*"; }
 
-    wait_file() {   # wait_file PATH SECONDS
+    wait_file() {   # wait_file PATH SECONDS [RC]: until PATH exists; fails at once if the process of RC ended
         local i
         for ((i = 0; i < $2 * 10; i++)); do
             [[ -e $1 ]] && return 0
+            if [[ -n ${3:-} && -e $3 ]]; then
+                note "${3#"$SH"/} exists (the process ended) before ${1#"$SH"/}"
+                return 1
+            fi
             sleep 0.1
         done
         note "timed out after $2 s waiting for ${1#"$SH"/}"
         return 1
     }
     # A script in the shared folder that runs one lnetctl command in the background on a host, recording its
-    # PID (in the VM's /tmp/NAME.pid) and exit status (shared NAME.rc); output to shared NAME.json / NAME.err.
+    # PID (in the VM's /tmp/NAME.pid.fs, removed when it ends) and exit status (shared NAME.rc); output to shared NAME.json / NAME.err.
     launch() {   # launch A|B NAME ENV... -- ARGS...
         local host=$1 name=$2 envs=() a
         shift 2
@@ -78,16 +82,16 @@ if [[ ${1:-} == --orchestrate ]]; then
             printf '%s ' env "${envs[@]}" "$BIN/lnetctl"
             for a in "$@"; do printf '%q ' "$a"; done
             printf '>%s/%s.json 2>%s/%s.err </dev/null &\n' "$VSH" "$name" "$VSH" "$name"
-            printf 'echo $! >/tmp/%s.pid\nwait $!\necho $? >%s/%s.rc\n' "$name" "$VSH" "$name"
+            printf 'echo $! >/tmp/%s.pid.fs\nwait $!\necho $? >%s/%s.rc\nrm -f /tmp/%s.pid.fs\n' "$name" "$VSH" "$name" "$name"
         } >"$SH/$name.sh"
         "on_${host,}" "nohup sh $VSH/$name.sh >/dev/null 2>&1 &"
     }
     serve() {   # serve NAME GET_MODE: starts the server on B and waits until it serves
         launch B "$1" "LND_GET_MODE=$2" -- serve --nid 192.0.2.2@o2ib --json --ready-file "$VSH/$1.ready"
-        wait_file "$SH/$1.ready" 90
+        wait_file "$SH/$1.ready" 90 "$SH/$1.rc"
     }
     stop() {   # stop A|B NAME [SIGNAL]: signals the process and waits for its exit status
-        "on_${1,}" "kill -${3:-TERM} \$(cat /tmp/$2.pid)" || true
+        "on_${1,}" "kill -${3:-TERM} \$(cat /tmp/$2.pid.fs)" || true
         wait_file "$SH/$2.rc" 60
     }
     client() {   # client NAME ARGS...: starts a self-test from A to B's server; returns once its node is up
@@ -95,7 +99,16 @@ if [[ ${1:-} == --orchestrate ]]; then
         shift
         launch A "$name" -- selftest --nid 192.0.2.1@o2ib --to 192.0.2.2@o2ib --verify --json --max-errors 0 \
             --timeout 40s --concurrency "$FS_CONCURRENCY" --ready-file "$VSH/$name.ready" "$@"
-        wait_file "$SH/$name.ready" 90 || [[ -e $SH/$name.rc ]]
+        wait_file "$SH/$name.ready" 90 "$SH/$name.rc" || [[ -e $SH/$name.rc ]]
+    }
+    # After a case the harness could not finish: SIGKILL whatever it started that still runs (by the PIDs it
+    # recorded; a process removes its PID file when it ends) and lift any netem.
+    kill_leftovers() {
+        local h
+        for h in a b; do
+            "on_$h" 'for f in /tmp/*.pid.fs; do [ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null; rm -f "$f"; done; true' || true
+        done
+        netem_both del
     }
     finish() {   # finish NAME [SECONDS]: waits for a client to exit by itself
         wait_file "$SH/$1.rc" "${2:-180}"
@@ -116,11 +129,13 @@ if [[ ${1:-} == --orchestrate ]]; then
             netem-*)
                 op=${c#netem-}; mode=${op#*-}; op=${op%-*}
                 serve "$c.server" "$mode" || return 1
-                netem_both add "$FS_NETEM" || return 1
-                # Round 1 under the fault; then the fault goes and round 2 (same client process) must all succeed.
+                # Round 1 under the fault (from 2 s in, once the session is set up: address resolution itself may
+                # time out under the fault); then the fault goes and round 2 (same client process) must all succeed.
                 client "$c.client" --op "$op" --mode "$mode" --size "$FS_NETEM_SIZE" --duration "${DUR}s" \
                     --rounds 2 --round-files "$VSH/$c.round" || return 1
-                wait_file "$SH/$c.round.done-1" 120 || return 1
+                sleep_s 2
+                netem_both add "$FS_NETEM" || return 1
+                wait_file "$SH/$c.round.done-1" 180 "$SH/$c.client.rc" || return 1
                 netem_both del
                 : >"$SH/$c.round.go-1"
                 finish "$c.client" || return 1
@@ -195,7 +210,7 @@ if [[ ${1:-} == --orchestrate ]]; then
             note "case $c: the harness failed (see above)"
             : >"$SH/$c.harness-failed"
             failures=$((failures + 1))
-            netem_both del
+            kill_leftovers
         fi
         counters "$c.after"
     done
