@@ -8,7 +8,8 @@
 # Cases (host A = 192.0.2.1 runs the client, host B = 192.0.2.2 the server; see scripts/softroce-2host.sh):
 #   netem-read-pull, netem-read-push, netem-write-pull, netem-write-push
 #                 1% loss and 5 ms +/- 2 ms delay with reordering (netem "loss 1% delay 5ms 2ms reorder 25% 50%")
-#                 on both hosts' links (both directions) during a session of bulk GETs (reads) or PUTs (writes) in
+#                 on both hosts' links (both directions), from 2 s into a 10 s session (once it is set up:
+#                 address resolution itself can time out under the fault) of bulk GETs (reads) or PUTs (writes) in
 #                 each bulk mode; operations may fail with an error (rxe's go-back-N retransmission collapses under
 #                 reordering, see below) but none may be lost or unverified; then the fault is removed and a second
 #                 session in the same client process must succeed entirely
