@@ -102,11 +102,15 @@ struct SelftestCommand: AsyncParsableCommand {
             var localServer: SelftestServer?
             if control.isLocal(target) || serve {
                 let tunables = control.tunables
-                localServer = SelftestServer(lnet: control.lnet, nid: control.nid, configuration: .init(
-                    maxSessionMemory: control.isLocal(target) ? Int.max : 256 << 20,
-                    maxTotalMemory: control.isLocal(target) ? Int.max : 1 << 30,
+                // Serving other nodes: the server's usual memory bounds; only our own session may take what it asks.
+                var configuration = SelftestServer.Configuration(
                     getMode: tunables.map { AdvertisedBulkMode($0.getMode) } ?? .unknown,
-                    putMode: tunables.map { AdvertisedBulkMode($0.putMode) } ?? .unknown), logger: logger)
+                    putMode: tunables.map { AdvertisedBulkMode($0.putMode) } ?? .unknown)
+                if control.isLocal(target) {
+                    configuration.maxSessionMemory = Int.max
+                    configuration.maxTotalMemory = Int.max
+                }
+                localServer = SelftestServer(lnet: control.lnet, nid: control.nid, configuration: configuration, logger: logger)
                 try localServer?.start()
             }
             defer { localServer?.stop() }

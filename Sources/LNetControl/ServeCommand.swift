@@ -18,10 +18,10 @@ struct ServeCommand: AsyncParsableCommand {
     @OptionGroup var node: NodeOptions
 
     @Option(name: .long, help: ArgumentHelp("The most memory one session may take.", valueName: "bytes"))
-    var maxSessionMemory = ByteCount(256 << 20)
+    var maxSessionMemory = ByteCount(SelftestServer.Configuration().maxSessionMemory)
 
     @Option(name: .long, help: ArgumentHelp("The most memory all sessions together may take.", valueName: "bytes"))
-    var maxMemory = ByteCount(1 << 30)
+    var maxMemory = ByteCount(SelftestServer.Configuration().maxTotalMemory)
 
     @Option(name: .long, help: "The most sessions at once.")
     var maxSessions = 64
@@ -93,12 +93,11 @@ struct ServeCommand: AsyncParsableCommand {
                             + "cpu \(format(Double(usage.cpuNanoseconds) / 1e9, 2)) s, peak RSS \(formatBytes(Int(usage.maxRSSKiB) * 1024))")
                 console.out(report.summaryLine)
             }
+            if let readyFile { try? FileManager.default.removeItem(atPath: readyFile) }
             if let problem = report.accountingProblem {
                 console.err("lnetctl serve: \(problem)")
-                if let readyFile { try? FileManager.default.removeItem(atPath: readyFile) }
                 throw ExitCode(1)
             }
-            if let readyFile { try? FileManager.default.removeItem(atPath: readyFile) }
         }
     }
 }

@@ -1079,9 +1079,10 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         actions.add { [self] in
             // The QP is ours, not rdma_cm's: flush it ourselves, then tell the peer.
             try? queuePair?.moveToError()
-            // Tell the peer - unless our port is down: rxe fails a CM message sent then and with it the device's
-            // MAD queue pair for good (no rdma_cm connection on the device works afterwards). The peer learns from
-            // its own timeouts, or from our next connection replacing this one.
+            // Tell the peer - unless our port is down: after a disconnect sent then, no rdma_cm connection on the
+            // rxe device worked any more (perftest's neither; the CM message's failed send most likely broke the
+            // device's MAD queue pair). The peer learns from its own timeouts, or from our next connection
+            // replacing this one.
             if let id {
                 if id.portState() == .down {
                     logger.info("port down: not sending a disconnect request")

@@ -38,8 +38,8 @@ public struct LNDTunables: Sendable, Equatable {
     /// Transport retries before a send fails (the QP's retry_cnt).
     public var retryCount = 5
     /// Local ACK timeout exponent of the QPs: a packet not acknowledged is resent after 4.096 us x 2^n (17: about
-    /// 0.54 s); a send fails after `retryCount` + 1 such timeouts. Set explicitly because rdma_cm's default for a
-    /// RoCE passive side can be hours (a lost last packet would then stall the connection until LND_TIMEOUT).
+    /// 0.54 s); a send fails after `retryCount` + 1 such timeouts. Set explicitly: with rdma_cm's default, 1%
+    /// packet loss between two rxe hosts stalled connections until LND_TIMEOUT (scripts/fault-suite.sh).
     public var ackTimeout = 17
     /// Receiver-not-ready retries (7 means forever). Credits make RNR retries unnecessary in normal operation.
     public var rnrRetryCount = 6

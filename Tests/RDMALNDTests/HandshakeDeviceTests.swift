@@ -49,8 +49,8 @@ import Testing
         }
     }
 
-    /// Both sides' QPs get LND_ACK_TIMEOUT and LND_RETRY_COUNT (rdma_cm's own default for the passive side of a RoCE
-    /// connection can be hours, which stalls a connection whose last packet was lost).
+    /// Both sides' QPs get LND_ACK_TIMEOUT and LND_RETRY_COUNT (with rdma_cm's own default, lost packets stalled
+    /// connections until LND_TIMEOUT in the fault suite).
     @Test(arguments: [(17, 5), (12, 7)])
     func retransmissionFollowsTheTunables(ackTimeout: Int, retryCount: Int) async throws {
         let (server, client) = try LNDNode.pair { $0.ackTimeout = ackTimeout; $0.retryCount = retryCount }
