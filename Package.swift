@@ -77,6 +77,8 @@ let package = Package(
         .executableTarget(name: "lnetctl", dependencies: ["LNetControl"]),
         // Benchmarks print figures; they are not timed tests.
         .executableTarget(name: "LNetCoreBench", dependencies: ["LNet"], path: "Benchmarks/LNetCoreBench"),
+        // Instructions per message, counted by Benchmarks/callgrind.sh under valgrind.
+        .executableTarget(name: "LNetInstructionBench", dependencies: ["LNet", "RDMALND"], path: "Benchmarks/LNetInstructionBench"),
         // The fuzz target of the wire and handshake parsers (scripts/fuzz.sh builds it with libFuzzer).
         .executableTarget(name: "WireFuzz", dependencies: ["RDMALND", "LNet"], path: "Fuzz/WireFuzz"),
         .testTarget(name: "VerbsTests", dependencies: ["Verbs"]),

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build and the test bed need, only those missing.
-# Usage: scripts/install-deps.sh [--vm]   (--vm adds what the SoftRoCE VM and perftest need)
+# Usage: scripts/install-deps.sh [--vm] [--bench]
+#   --vm     adds what the SoftRoCE VM and perftest need
+#   --bench  adds what scripts/bench.sh and Benchmarks/callgrind.sh compare with or measure by: UCX, valgrind
 set -euo pipefail
 
 packages=(libibverbs-dev librdmacm-dev ibverbs-providers rdma-core python3)
-if [[ "${1:-}" == "--vm" ]]; then
-    packages+=(qemu-system-x86 busybox-static kmod cpio iproute2 ibverbs-utils rdmacm-utils perftest xz-utils)
-fi
+for flag in "$@"; do
+    case $flag in
+        --vm) packages+=(qemu-system-x86 busybox-static kmod cpio iproute2 ibverbs-utils rdmacm-utils perftest xz-utils) ;;
+        --bench) packages+=(ucx-utils valgrind) ;;
+        *) echo "usage: scripts/install-deps.sh [--vm] [--bench]" >&2; exit 2 ;;
+    esac
+done
 
 missing=()
 for p in "${packages[@]}"; do

@@ -5,11 +5,21 @@ import Synchronization
 /// The loopback LND for `0@lo`: delivers messages to the same instance, so the whole core is testable without
 /// hardware.
 ///
-/// Sends are queued and delivered on the LND's own serial dispatch queue (its "wire"), never on the caller's
-/// thread, so a Put returns before the message is matched and nothing recurses. Data is copied directly from the
+/// By default sends are queued and delivered on the LND's own serial dispatch queue (its "wire"), never on the
+/// caller's thread, so a Put returns before the message is matched and nothing recurses. With
+/// ``Delivery/inline`` a send is delivered on the sender's thread before `send` returns (the whole exchange, ACK or
+/// REPLY included, runs on one thread: what instruction-count benchmarks need). Data is copied directly from the
 /// sender's MD window into the receiver's. A dropped message finalizes the sender's message with the drop status,
 /// which is how a loopback sender "hears" about a missing match even without an ACK.
 public final class LoopbackLND: LNetLND {
+    /// Where a sent message is delivered.
+    public enum Delivery: Sendable {
+        /// On the LND's own serial dispatch queue, after `send` returned.
+        case queued
+        /// On the sender's thread, inside `send`.
+        case inline
+    }
+
     /// The receive context the loopback hands to `parse`: the sent message (or an eager copy of its payload).
     final class ReceiveContext: Sendable {
         let sent: LNetMessage?
@@ -44,10 +54,12 @@ public final class LoopbackLND: LNetLND {
     }
 
     public let networkType = LNetNetworkType.loopback
+    public let delivery: Delivery
     private let state = Mutex(State())
     private let wire: DispatchQueue
 
-    public init(label: String = "lnet.lo") {
+    public init(label: String = "lnet.lo", delivery: Delivery = .queued) {
+        self.delivery = delivery
         wire = DispatchQueue(label: label)
     }
 
@@ -68,6 +80,14 @@ public final class LoopbackLND: LNetLND {
     }
 
     public func send(ni: LNetNI, message: LNetMessage) {
+        if delivery == .inline {
+            if state.withLock({ $0.closed }) {
+                ni.finalize(message, status: .shutdown)
+            } else {
+                deliver(message, on: ni)
+            }
+            return
+        }
         let schedule = state.withLock { state -> Bool? in
             guard !state.closed else { return nil }
             state.queue.append((ni, message))
