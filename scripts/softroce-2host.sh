@@ -429,14 +429,12 @@ prepare_host() {
 start_host() {
     local h=$1 d=$RUN/$1 mac server
     local r9=security_model=none,multidevs=remap
-    # Kernel console to a file only; quiet; a panic ends the VM at once (-no-reboot). See softroce-vm.sh.
-    local append="console=ttyS0 quiet loglevel=4 panic=1 oops=panic 8250.nr_uarts=1 cryptomgr.notests pci=noacpi"
     if [[ $h == A ]]; then mac=52:54:00:12:34:01 server=on; else mac=52:54:00:12:34:02 server=off; fi
-    local qemu=(qemu-system-x86_64 -name "softroce-2host-$h" -accel tcg -cpu max -machine pc -smp 1 -m "$MEM"
+    local qemu=(qemu-system-x86_64 -name "softroce-2host-$h" -accel tcg -cpu "$(guest_cpu)" -machine pc -smp 1 -m "$MEM"
         -nodefaults -no-user-config -display none -no-reboot -monitor none
         -serial "file:$(qesc "$d/console.log")"
         -kernel "$(qesc "$KERNEL_IMAGE")" -initrd "$(qesc "$INITRD")"
-        -append "$append ${SOFTROCE_VM_APPEND:-}"
+        -append "$(guest_append)"
         -netdev "stream,id=n0,server=$server,addr.type=unix,addr.path=$(qesc "$SOCK")"
         -device "virtio-net-pci,netdev=n0,mac=$mac"
         -virtfs "local,path=/,mount_tag=hostroot,readonly=on,$r9"

@@ -256,3 +256,19 @@ kill_pid() {   # kill_pid PID: TERM, then KILL after 3 s; only our own children,
 
 # QEMU option values: a comma is written twice.
 qesc() { printf '%s' "${1//,/,,}"; }
+
+# The guest's CPU model and clock source, the same for both VM scripts (see the README's test-bed section for what
+# each choice measured): SOFTROCE_VM_CPU is QEMU's -cpu model, SOFTROCE_VM_CLOCK the guest's clock source (tsc:
+# booted with tsc=reliable, so clock_gettime runs in the vDSO; hpet: every clock read traps into the emulated HPET).
+guest_cpu() { printf '%s' "${SOFTROCE_VM_CPU:-max}"; }
+# The kernel command line: console to a file only, quiet, a panic (or oops) ends the VM at once (-no-reboot). Boot
+# speed-ups under TCG: no crypto self-tests (~0.5 s), no ACPI PCI IRQ routing (~1 s of _PRT evaluation for 4 devices).
+guest_append() {
+    local append="console=ttyS0 quiet loglevel=4 panic=1 oops=panic 8250.nr_uarts=1 cryptomgr.notests pci=noacpi"
+    case ${SOFTROCE_VM_CLOCK:-hpet} in
+        tsc) append+=" tsc=reliable clocksource=tsc" ;;
+        hpet) append+=" clocksource=hpet" ;;
+        *) die "SOFTROCE_VM_CLOCK must be tsc or hpet" ;;
+    esac
+    printf '%s %s' "$append" "${SOFTROCE_VM_APPEND:-}"
+}

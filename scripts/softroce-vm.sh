@@ -329,14 +329,11 @@ run_vm() {
     : >"$RUN/console.log"
 
     local r9=security_model=none,multidevs=remap
-    # Kernel console to a file only; quiet; a panic (or oops) ends the VM at once (-no-reboot). Boot speed-ups
-    # under TCG: no crypto self-tests (~0.5 s), no ACPI PCI IRQ routing (~1 s of _PRT evaluation for 4 devices).
-    local append="console=ttyS0 quiet loglevel=4 panic=1 oops=panic 8250.nr_uarts=1 cryptomgr.notests pci=noacpi"
-    local qemu=(qemu-system-x86_64 -name softroce-vm -accel tcg -cpu max -machine pc -smp "$cpus" -m "$mem"
+    local qemu=(qemu-system-x86_64 -name softroce-vm -accel tcg -cpu "$(guest_cpu)" -machine pc -smp "$cpus" -m "$mem"
         -nodefaults -no-user-config -display none -nic none -no-reboot -monitor none
         -serial "file:$(qesc "$RUN/console.log")"
         -kernel "$(qesc "$KERNEL_IMAGE")" -initrd "$(qesc "$INITRD")"
-        -append "$append ${SOFTROCE_VM_APPEND:-}"
+        -append "$(guest_append)"
         -virtfs "local,path=/,mount_tag=hostroot,readonly=on,$r9"
         -virtfs "local,path=$(qesc "$REPO"),mount_tag=repo,$r9"
         -virtfs "local,path=$(qesc "$RUN"),mount_tag=svmrun,$r9"
