@@ -46,6 +46,7 @@ let package = Package(
         .target(
             name: "RDMALND",
             dependencies: [
+                "CShims",
                 "Verbs",
                 "LNet",
                 .product(name: "Logging", package: "swift-log"),

@@ -81,18 +81,18 @@ func wireRoundTrips() {
     for sequence in 0..<count {
         let put = LNetHeader(type: .put, source: source, destination: destination, payloadLength: 8, portal: 1,
                              matchBits: UInt64(sequence), mdCookie: 9, ackRequested: true)
-        let immediate = WireMessage.encode(.immediate(lnet: put.encoded(), payloadOffset: 0, payloadLength: 8), credits: 1,
+        let immediate = WireMessage.encode(.immediate(lnet: put, payloadOffset: 0, payloadLength: 8), credits: 1,
                                            addressing: addressing, checksum: false, into: buffer) { payloadBytes in
             payload.withUnsafeBytes { payloadBytes.copyMemory(from: $0) }
         }
         if let message = try? WireMessage.decode(UnsafeRawBufferPointer(rebasing: buffer[0..<immediate]), maxFragments: 256),
-           case .immediate(let lnet, _, 8) = message.body, (try? LNetHeader(decoding: lnet))?.matchBits == UInt64(sequence) {
+           case .immediate(let lnet, _, 8) = message.body, lnet.matchBits == UInt64(sequence) {
             decoded += 1
         }
         let get = LNetHeader(type: .get, source: source, destination: destination, length: 65536, portal: 1,
                              matchBits: UInt64(sequence), mdCookie: 9)
         let sink = RDMADescriptor(fragments: [RDMAFragment(address: 0x10000, length: 65536, rkey: 0x1234)])
-        let request = WireMessage.encode(.getRequest(lnet: get.encoded(), cookie: UInt64(sequence), sink: sink), credits: 0,
+        let request = WireMessage.encode(.getRequest(lnet: get, cookie: UInt64(sequence), sink: sink), credits: 0,
                                          addressing: addressing, checksum: false, into: buffer)
         if let message = try? WireMessage.decode(UnsafeRawBufferPointer(rebasing: buffer[0..<request]), maxFragments: 256),
            case .getRequest(_, let cookie, let descriptor) = message.body, cookie == UInt64(sequence), descriptor == sink {

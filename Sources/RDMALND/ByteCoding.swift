@@ -1,3 +1,5 @@
+import LNet
+
 /// Little-endian writing into, and bounds-checked reading from, raw message buffers.
 ///
 /// The reader never traps on short or hostile input: every read checks the remaining length and throws.
@@ -27,6 +29,13 @@ struct ByteWriter {
         precondition(remaining >= count, "message encoding overran its buffer")
         offset += count
     }
+
+    /// Writes an embedded LNet header (``LNetHeader/encodedSize`` bytes).
+    mutating func write(_ header: LNetHeader) {
+        precondition(remaining >= LNetHeader.encodedSize, "message encoding overran its buffer")
+        try? header.encode(into: UnsafeMutableRawBufferPointer(rebasing: buffer[offset...]))
+        offset += LNetHeader.encodedSize
+    }
 }
 
 struct ByteReader {
@@ -53,6 +62,12 @@ struct ByteReader {
         return T(littleEndian: value)
     }
 
+    /// Reads an embedded LNet header.
+    mutating func readLNetHeader() throws(WireError) -> LNetHeader {
+        let bytes = try bytes(LNetHeader.encodedSize)
+        do throws(LNetHeader.CodingError) { return try LNetHeader(decoding: bytes) } catch { throw WireError.badLNetHeader(error) }
+    }
+
     mutating func bytes(_ count: Int) throws(WireError) -> UnsafeRawBufferPointer {
         guard count >= 0, remaining >= count else { throw WireError.truncated(needed: offset + max(count, 0), have: buffer.count) }
         let slice = UnsafeRawBufferPointer(rebasing: buffer[offset..<offset + count])
@@ -69,6 +84,7 @@ enum CRC32C {
         return crc
     }
 
+    /// The checksum of `bytes`; pass a previous result as `seed` to continue it over more bytes.
     static func checksum(_ bytes: UnsafeRawBufferPointer, seed: UInt32 = 0) -> UInt32 {
         var crc = ~seed
         table.withUnsafeBufferPointer { table in

@@ -35,18 +35,18 @@ final class ConnectionManager: @unchecked Sendable {
         self.channel = channel
         self.listener = listener
         self.runtime = runtime
-        self.thread = try ServiceThread()
+        self.thread = try ServiceThread(name: "o2ib-cm")
     }
 
     private var context: LNDContext { runtime.context }
     private var logger: Logger { runtime.context.logger }
 
-    func start(name: String) {
-        thread.start(name: name, watching: channel.fileDescriptor, body: { [self] in serveOnce() },
-                     tearDown: { [self] in
-                         byID.removeAll()
-                         retries.removeAll()
-                     })
+    func start() throws(VerbsError) {
+        try thread.startLoop(watching: channel.fileDescriptor, body: { [self] in serveOnce() },
+                             tearDown: { [self] in
+                                 byID.removeAll()
+                                 retries.removeAll()
+                             })
     }
 
     /// Stops the thread and waits for it; then releases the listener and every id still held.
@@ -175,13 +175,13 @@ final class ConnectionManager: @unchecked Sendable {
             fail(connection, "connection refused by \(connection.peer) (no LND listening? status \(event.status))", status: .unreachable)
             return
         }
-        let deadline = connection.created + .seconds(context.tunables.timeout)
+        let deadline = connection.created + context.tunables.timeout
         switch reject.reason {
         case .connectionRace:
             // The peer's own connection wins; it arrives here as a request and takes our queue. Should it not
             // come (the peer gave up), try again shortly.
             logger.debug("connection race with \(connection.peer): waiting for its connection")
-            if ContinuousClock.now < deadline {
+            if Tick.coarse < deadline {
                 retry(connection, limits: limits, after: .milliseconds(200))
             }
         case .queueDepthTooLarge, .tooManyFragments, .messageSizeTooLarge, .noResources:
@@ -190,7 +190,7 @@ final class ConnectionManager: @unchecked Sendable {
                                            maxMessageSize: min(limits.maxMessageSize, reject.limits.maxMessageSize))
             guard lowered != limits, lowered.queueDepth >= 2, lowered.maxFragments >= 1,
                   Int(lowered.maxMessageSize) >= WireFormat.maxMessageSize(immediateSize: 0, maxFragments: Int(lowered.maxFragments)),
-                  ContinuousClock.now < deadline else {
+                  Tick.coarse < deadline else {
                 fail(connection, "rejected by \(connection.peer): \(reject.reason); its limits \(reject.limits) are unusable", status: .unreachable)
                 return
             }

@@ -16,7 +16,7 @@
 /// rdma_cm may pad private data with zeros; each form has a fixed size and ignores what follows it.
 public enum Handshake {
     public static let magic: UInt32 = 0x3143_4E4C  // "LNC1"
-    public static let version: UInt16 = 1
+    public static let version: UInt16 = 2
 }
 
 /// What a connection is sized by; proposed by the active side, possibly lowered by the passive side.

@@ -48,13 +48,30 @@ final class LNDCounters: Sendable {
              rejectsSent, reconnects
     }
 
-    private let values = Mutex<[Int]>(Array(repeating: 0, count: Counter.allCases.count))
+    // One atomic per counter: bumped on the data path, read by lnetctl.
+    private let connectionsEstablished = Atomic<Int>(0), connectionsClosed = Atomic<Int>(0), protocolErrors = Atomic<Int>(0),
+                timeouts = Atomic<Int>(0), rdmaReads = Atomic<Int>(0), rdmaWrites = Atomic<Int>(0), noops = Atomic<Int>(0),
+                rejectsSent = Atomic<Int>(0), reconnects = Atomic<Int>(0)
 
-    func bump(_ counter: Counter, by n: Int = 1) {
-        values.withLock { $0[counter.rawValue] += n }
+    private func with<R>(_ counter: Counter, _ body: (borrowing Atomic<Int>) -> R) -> R {
+        switch counter {
+        case .connectionsEstablished: body(connectionsEstablished)
+        case .connectionsClosed: body(connectionsClosed)
+        case .protocolErrors: body(protocolErrors)
+        case .timeouts: body(timeouts)
+        case .rdmaReads: body(rdmaReads)
+        case .rdmaWrites: body(rdmaWrites)
+        case .noops: body(noops)
+        case .rejectsSent: body(rejectsSent)
+        case .reconnects: body(reconnects)
+        }
     }
 
-    func value(_ counter: Counter) -> Int { values.withLock { $0[counter.rawValue] } }
+    func bump(_ counter: Counter, by n: Int = 1) {
+        with(counter) { _ = $0.add(n, ordering: .relaxed) }
+    }
+
+    func value(_ counter: Counter) -> Int { with(counter) { $0.load(ordering: .relaxed) } }
 }
 
 /// A snapshot of the LND's counters.

@@ -203,12 +203,17 @@ final class LNDRuntime: @unchecked Sendable {
                              registrar: LNDRegistrar(protectionDomain: protectionDomain, tunables: tunables), pool: pool, readDepth: readDepth,
                              maxScatterGather: min(limits.maxScatterGather, 16))
         for index in 0..<tunables.effectiveSchedulers {
-            schedulers.append(try Scheduler(index: index, context: device, logger: logger, partitions: ni.partitions))
+            schedulers.append(try Scheduler(index: index, context: device, logger: logger, partitions: ni.partitions, tunables: tunables))
         }
         manager = try ConnectionManager(channel: channel, listener: listener, runtime: self)
         try listener.listen()
-        for scheduler in schedulers { scheduler.start(name: "o2ib-sched-\(scheduler.index)") }
-        manager.start(name: "o2ib-cm")
+        do {
+            for scheduler in schedulers { try scheduler.start() }
+            try manager.start()
+        } catch {
+            for scheduler in schedulers { scheduler.stop() }
+            throw error
+        }
         logger.info("o2ib up on \(device.name)", metadata: [
             "address": "\(formatIPv4(ni.nid.address)):\(tunables.servicePort)", "schedulers": "\(schedulers.count)",
             "readDepth": "\(readDepth)", "limits": "\(context.localLimits)",

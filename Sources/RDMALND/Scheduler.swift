@@ -1,4 +1,3 @@
-import Foundation
 import LNet
 import Logging
 import Synchronization
@@ -7,133 +6,216 @@ import Verbs
 import Glibc
 #endif
 
-/// One scheduler thread: it owns a completion channel; every connection placed on it (by the hash of its peer
-/// NID) has its CQ on that channel. The thread sleeps in poll(2) on the channel (and an eventfd for wake-ups),
-/// handles the CQs that fired, then busy-polls them for a bounded window before re-arming and sleeping again.
-/// It also runs each connection's timers.
+/// One scheduler thread (o2iblnd's `kib_sched`): it owns a completion channel, and every connection placed on it
+/// (by the hash of its peer NID) has its two completion queues on that channel. The thread reaps completions and
+/// finishes the work they start (decode, match, post the answer, deliver the event) without handing off, and
+/// runs each connection's timers.
+///
+/// How it waits (`LND_POLL`):
+/// - `events` (default): once the connections it serves are quiet it arms their receive queues (and a send queue
+///   only while this node has work requests on it whose completion matters) and sleeps in poll(2) on the channel
+///   and its eventfd. While such work requests are in flight it first polls for them for up to `LND_POLL_US`, so
+///   a message usually costs one wake-up: the one for its arrival.
+/// - `adaptive`: as `events`, but it keeps polling for `LND_POLL_US` after the last completion even with nothing
+///   of its own in flight, to catch the next message without a wake-up.
+/// - `busy`: it never sleeps while it has connections; it polls every connection's queues in turn and checks its
+///   wake-up flag and timers on every pass.
+/// Either way the thread serves wake-ups, timers and its other connections: a burst on one connection is served
+/// for at most 2 ms before the thread looks at the rest.
 final class Scheduler: @unchecked Sendable {
     let index: Int
-    let channel: CompletionChannel
-    private let thread: ServiceThread
-    private let connections = Mutex<[ObjectIdentifier: Connection]>([:])
-    private let kicked = Mutex<[Connection]>([])
-    private let logger: Logger
-    /// When the connections' timers last ran (only the scheduler thread touches it).
-    private var lastTimers = ContinuousClock.now
-    /// How long to keep polling after the last completion before going back to sleep.
-    private let busyPollWindow: Duration
-
-    /// The CPU partition this scheduler serves (its thread is bound to that partition's CPUs).
+    /// The CPU partition this scheduler serves; its thread is bound to that partition's CPUs.
     let partition: Int
-    private let cpus: [Int]
+    let channel: CompletionChannel
+    let thread: ServiceThread
+    private let mode: PollMode
+    private let window: UInt64
     private let vectors: Int
+    private let logger: Logger
 
-    init(index: Int, context: DeviceContext, logger: Logger, partitions: CPUPartitionTable,
-         busyPollWindow: Duration = .microseconds(50)) throws(VerbsError) {
+    private struct Members {
+        var list: [Connection] = []
+        var byQueue: [ObjectIdentifier: Connection] = [:]
+        var version: UInt64 = 0
+    }
+    private let members = Mutex(Members())
+    private let kicked = Mutex<[Connection]>([])
+
+    // Only the scheduler thread touches these.
+    private var snapshot: [Connection] = []
+    private var snapshotVersion: UInt64 = .max
+    private var lastTimers = Tick.coarse
+
+    static let timerInterval: UInt64 = 100_000_000
+    /// How long one burst is served before the thread looks at its other connections and timers.
+    static let burstLimit: UInt64 = 2_000_000
+
+    init(index: Int, context: DeviceContext, logger: Logger, partitions: CPUPartitionTable, tunables: LNDTunables) throws(VerbsError) {
         self.index = index
         self.partition = index % max(1, partitions.count)
-        self.cpus = partitions.count > 0 ? partitions.cpus[partition] : []
         self.vectors = max(1, context.completionVectorCount)
         self.channel = try CompletionChannel(context: context)
-        self.thread = try ServiceThread()
+        self.thread = try ServiceThread(name: "o2ib-sched-\(index)", cpus: partitions.count > 0 ? partitions.cpus[partition] : [])
+        self.mode = tunables.poll
+        self.window = UInt64(tunables.pollMicroseconds) * 1000
         var logger = logger
         logger[metadataKey: "scheduler"] = "\(index)"
         self.logger = logger
-        self.busyPollWindow = busyPollWindow
     }
 
-    func start(name: String) {
-        thread.start(name: name, watching: channel.fileDescriptor, setUp: { [self] in bindToPartition() },
-                     body: { [self] in serveOnce() })
+    func start() throws(VerbsError) {
+        try thread.start { [self] thread in run(thread) }
     }
 
-    func register(_ connection: Connection, queue: CompletionQueue) {
-        connections.withLock { $0[ObjectIdentifier(queue)] = connection }
-    }
-
-    func closed(_ connection: Connection) {
-        guard let queue = connection.resources?.completionQueue else { return }
-        _ = connections.withLock { $0.removeValue(forKey: ObjectIdentifier(queue)) }
-    }
-
-    var connectionCount: Int { connections.withLock { $0.count } }
-
-    /// Asks the thread to poll `connection` even without a completion event.
-    func kick(_ connection: Connection) {
-        kicked.withLock { $0.append(connection) }
-        wake()
-    }
-
-    func wake() {
-        thread.wake()
-    }
-
-    /// Stops the thread and waits for it to end.
+    /// Stops the thread and waits for it to end (unless called from it).
     func stop() {
         thread.stop()
     }
 
-    /// The completion vector for a peer's CQ: hashed from its NID, like the scheduler.
+    /// Places a connection here; completions on `queues` are its.
+    func register(_ connection: Connection, queues: [CompletionQueue]) {
+        members.withLock { members in
+            members.list.append(connection)
+            for queue in queues { members.byQueue[ObjectIdentifier(queue)] = connection }
+            members.version &+= 1
+        }
+        if mode == .busy { thread.wake() }
+    }
+
+    /// The connection is gone (closed, and its posted work flushed).
+    func closed(_ connection: Connection) {
+        members.withLock { members in
+            guard let index = members.list.firstIndex(where: { $0 === connection }) else { return }
+            members.list.remove(at: index)
+            members.byQueue = members.byQueue.filter { $0.value !== connection }
+            members.version &+= 1
+        }
+    }
+
+    var connectionCount: Int { members.withLock { $0.list.count } }
+
+    /// The CPUs the scheduler thread may run on (after binding to its partition).
+    var affinity: [Int] { thread.affinity }
+
+    /// Asks the thread to poll `connection` even without a completion event.
+    func kick(_ connection: Connection) {
+        kicked.withLock { $0.append(connection) }
+        thread.wake()
+    }
+
+    /// Whether the caller is this scheduler's thread (work it posts needs no arming: it arms before sleeping).
+    var isCurrentThread: Bool { thread.isCurrent }
+
+    /// The completion vector for a peer's CQs: hashed from its NID, like the scheduler.
     func completionVector(for peer: NID) -> Int {
         Int(CPUPartitionTable.mix(peer.rawValue ^ 0x5EED) % UInt64(vectors))
     }
 
-    /// Binds the calling thread to this partition's CPUs (best effort: a failure is logged, not fatal).
-    private func bindToPartition() {
-        guard !cpus.isEmpty else { return }
-        var set = cpu_set_t()
-        withUnsafeMutableBytes(of: &set) { bytes in
-            for cpu in cpus where cpu / 8 < bytes.count { bytes[cpu / 8] |= UInt8(1 << (cpu % 8)) }
-        }
-        // glibc declares sched_setaffinity only under _GNU_SOURCE, which Swift's Glibc module does not see.
-        typealias SetAffinity = @convention(c) (pid_t, Int, UnsafeRawPointer) -> Int32
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sched_setaffinity") else { return }
-        let setAffinity = unsafeBitCast(symbol, to: SetAffinity.self)
-        if withUnsafeBytes(of: &set, { setAffinity(0, $0.count, $0.baseAddress!) }) != 0 {
-            logger.debug("cannot bind to CPUs \(cpus): errno \(errno)")
+    // MARK: - The thread
+
+    private func run(_ thread: ServiceThread) {
+        var ready: [Connection] = []
+        var carry: [Connection] = []
+        ready.reserveCapacity(16)
+        carry.reserveCapacity(16)
+        while thread.isRunning {
+            swap(&ready, &carry)
+            carry.removeAll(keepingCapacity: true)
+            // A busy thread never arms a queue, so the channel has nothing to say (and reading it is a system call).
+            collect(into: &ready, channel: mode != .busy)
+            if mode == .busy {
+                refreshSnapshot()
+                ready.removeAll(keepingCapacity: true)
+                ready.append(contentsOf: snapshot)
+            }
+            if !ready.isEmpty { serve(ready, thread) }
+            let now = Tick.coarse
+            if now.since(lastTimers) >= Self.timerInterval {
+                lastTimers = now
+                runTimers(now)
+            }
+            // A busy scheduler with no connection has nothing to poll: it sleeps until one is placed on it.
+            if mode == .busy, !snapshot.isEmpty { continue }
+            // Arm what we served, and look once more: a completion that came before the arming raises no event.
+            for connection in ready where connection.prepareToSleep() { carry.append(connection) }
+            if !carry.isEmpty { continue }
+            let untilTimers = Self.timerInterval - min(Self.timerInterval, Tick.coarse.since(lastTimers))
+            thread.sleep(watching: channel.fileDescriptor, timeoutMilliseconds: Int32(untilTimers / 1_000_000) + 1)
         }
     }
 
-    /// One pass of the scheduler thread: the CQs that fired (or were kicked), then timers every 100 ms.
-    private func serveOnce() {
-        var ready = kicked.withLock { list -> [Connection] in
-            defer { list.removeAll() }
+    /// The connections kicked, and those whose queues the channel says fired (each once).
+    private func collect(into ready: inout [Connection], channel readChannel: Bool) {
+        for connection in kicked.withLock({ list -> [Connection] in
+            defer { list.removeAll(keepingCapacity: true) }
             return list
+        }) where !ready.contains(where: { $0 === connection }) {
+            ready.append(connection)
         }
+        guard readChannel else { return }
         do {
             while let queue = try channel.nextEvent() {
-                if let connection = connections.withLock({ $0[ObjectIdentifier(queue)] }) { ready.append(connection) }
+                guard let connection = members.withLock({ $0.byQueue[ObjectIdentifier(queue)] }) else { continue }
+                connection.queueFired(queue)
+                if !ready.contains(where: { $0 === connection }) { ready.append(connection) }
             }
         } catch {
             logger.error("completion channel failed: \(error)")
         }
-        if !ready.isEmpty { serve(ready) }
-        let now = ContinuousClock.now
-        if now - lastTimers > .milliseconds(100) {
-            lastTimers = now
-            for connection in connections.withLock({ Array($0.values) }) { connection.checkTimers(now: now) }
+    }
+
+    private func refreshSnapshot() {
+        let version = members.withLock { $0.version }
+        guard version != snapshotVersion else { return }
+        snapshot = members.withLock { $0.list }
+        snapshotVersion = version
+    }
+
+    /// Polls `ready` until it is quiet (see the type's comment for what quiet means in each mode).
+    private func serve(_ ready: [Connection], _ thread: ServiceThread) {
+        let started = Tick.coarse
+        var idleSince: Tick?
+        var idlePasses = 0
+        var passes = 0
+        while true {
+            var handled = 0
+            var awaiting = false
+            for connection in ready {
+                handled += connection.poll()
+                if connection.awaitsLocalCompletions { awaiting = true }
+            }
+            passes += 1
+            if passes & 63 == 0, Tick.coarse.since(started) >= Self.burstLimit { return }
+            if handled > 0 {
+                idlePasses = 0
+                idleSince = nil
+                continue
+            }
+            switch mode {
+            case .busy: return
+            case .events: if !awaiting || window == 0 { return }
+            case .adaptive: if window == 0 { return }
+            }
+            if thread.wakeRequested { return }
+            idlePasses += 1
+            // The precise clock only every 16 empty passes: in a guest whose clock source traps, each read costs.
+            if idlePasses & 15 == 1 {
+                let now = Tick.precise
+                if let since = idleSince {
+                    if now.since(since) >= window { return }
+                } else {
+                    idleSince = now
+                }
+            }
         }
     }
 
-    /// Handles the CQs that fired: poll, and keep polling for a short window while completions keep coming
-    /// (bounded, so one busy peer cannot keep the thread from its channel, wake-ups and timers), then re-arm
-    /// and poll once more to catch a completion that slipped in before arming.
-    private func serve(_ ready: [Connection]) {
-        let started = ContinuousClock.now
-        var idleSince = started
-        while ContinuousClock.now - started < .milliseconds(2) {
-            var anything = false
-            for connection in ready where connection.poll() > 0 { anything = true }
-            let now = ContinuousClock.now
-            if anything {
-                idleSince = now
-            } else if now - idleSince >= busyPollWindow {
-                break
-            }
-        }
-        for connection in ready {
-            try? connection.resources?.completionQueue.requestNotification()
+    /// Every connection's timers (and a poll of its queues: a completion is never left waiting past a tick).
+    private func runTimers(_ now: Tick) {
+        refreshSnapshot()
+        for connection in snapshot {
             connection.poll()
+            connection.checkTimers(now: now)
         }
     }
 }

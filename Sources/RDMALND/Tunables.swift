@@ -9,6 +9,17 @@ public enum BulkMode: String, Sendable, CaseIterable {
     case push
 }
 
+/// How a scheduler thread waits for completions (`LND_POLL`).
+public enum PollMode: String, Sendable, CaseIterable {
+    /// Sleep on the completion channel once quiet (polling up to `LND_POLL_US` for this node's own work requests
+    /// in flight first): idle nodes stay idle, and a message costs one wake-up.
+    case events
+    /// As `events`, and keep polling `LND_POLL_US` after the last completion, to catch the next message awake.
+    case adaptive
+    /// Never sleep: poll every queue continuously (lowest latency; one CPU per scheduler thread stays busy).
+    case busy
+}
+
 /// The RDMA LND's tunables, read from environment variables with the `LND_` prefix (through swift-configuration,
 /// so any other `ConfigProvider` works too) and validated at start-up: a bad value stops start-up with an error
 /// naming the variable and its allowed range.
@@ -31,6 +42,11 @@ public struct LNDTunables: Sendable, Equatable {
     public var putMode = BulkMode.pull
     /// Scheduler threads that poll completion queues (0: one per CPU).
     public var schedulers = 0
+    /// How scheduler threads wait for completions.
+    public var poll = PollMode.events
+    /// Microseconds a scheduler keeps polling before it sleeps (`events`: while its own work requests are in
+    /// flight; `adaptive`: after the last completion).
+    public var pollMicroseconds = 50
     /// Seconds a message may wait for completion before it fails with a timeout.
     public var timeout = 50
     /// Seconds of silence after which a NOOP is sent to check the peer (0: never).
@@ -133,11 +149,13 @@ extension LNDTunables {
                        show: { "\($0[keyPath: path])" })
         }
 
-        static func mode(_ key: String, _ path: any WritableKeyPath<LNDTunables, BulkMode> & Sendable, _ summary: String) -> Definition {
-            Definition(key: key, summary: summary, allowed: "pull, push",
+        static func choice<Choice: RawRepresentable & CaseIterable & Sendable>(
+            _ key: String, _ path: any WritableKeyPath<LNDTunables, Choice> & Sendable, _ summary: String
+        ) -> Definition where Choice.RawValue == String {
+            Definition(key: key, summary: summary, allowed: Choice.allCases.map(\.rawValue).joined(separator: ", "),
                        parse: { text, tunables in
-                           guard let mode = BulkMode(rawValue: text.lowercased().trimmingCharacters(in: .whitespaces)) else { return false }
-                           tunables[keyPath: path] = mode
+                           guard let choice = Choice(rawValue: text.lowercased().trimmingCharacters(in: .whitespaces)) else { return false }
+                           tunables[keyPath: path] = choice
                            return true
                        },
                        show: { $0[keyPath: path].rawValue })
@@ -175,9 +193,11 @@ extension LNDTunables {
         .integer("lnd.concurrentSends", \.concurrentSends, 0...4096, "send work requests in flight per connection (0: 2 x peer credits)"),
         .integer("lnd.ntx", \.ntx, 16...65_536, "transmit descriptors"),
         .integer("lnd.immediateSize", \.immediateSize, 0...65_536, size: true, "largest payload sent eagerly"),
-        .mode("lnd.getMode", \.getMode, "GET bulk mode: pull (target stages, requester READs) or push (target WRITEs)"),
-        .mode("lnd.putMode", \.putMode, "PUT bulk mode: pull (sink READs) or push (source WRITEs after PUT_ACK)"),
+        .choice("lnd.getMode", \.getMode, "GET bulk mode: pull (target stages, requester READs) or push (target WRITEs)"),
+        .choice("lnd.putMode", \.putMode, "PUT bulk mode: pull (sink READs) or push (source WRITEs after PUT_ACK)"),
         .integer("lnd.schedulers", \.schedulers, 0...256, "scheduler threads (0: one per CPU)"),
+        .choice("lnd.poll", \.poll, "how schedulers wait: events (sleep when quiet), adaptive (poll LND_POLL_US more), busy (never sleep)"),
+        .integer("lnd.pollUs", \.pollMicroseconds, 0...100_000, "microseconds a scheduler polls before sleeping"),
         .integer("lnd.timeout", \.timeout, 1...3600, "seconds before a message fails with a timeout"),
         .integer("lnd.keepalive", \.keepalive, 0...3600, "seconds of silence before a keepalive NOOP (0: off)"),
         .integer("lnd.retryCount", \.retryCount, 0...7, "transport retries before a send fails"),

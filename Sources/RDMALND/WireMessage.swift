@@ -1,6 +1,6 @@
 import LNet
 
-/// The RDMA LND's wire format, version 1. Every message is one SEND into a pre-posted receive buffer.
+/// The RDMA LND's wire format, version 2. Every message is one SEND into a pre-posted receive buffer.
 ///
 /// All integers are little-endian. A message is a fixed 48-byte header and a body whose layout depends on
 /// the type:
@@ -8,7 +8,7 @@ import LNet
 /// ```
 /// header (48 bytes)
 ///   0  u32 magic            0x3144_4E4C ("LND1")
-///   4  u16 version          1
+///   4  u16 version          2
 ///   6  u8  type             MessageType
 ///   7  u8  credits          receive buffers the sender re-posted for us since its last message
 ///   8  u32 length           bytes in the whole message, header included
@@ -27,25 +27,36 @@ import LNet
 ///   PUT_NAK       u64 source cookie, i32 status                 (push: the sink matched nothing / failed)
 ///   PUT_DONE      u64 cookie, i32 status, u32 length            (pull: sink -> source after its READ;
 ///                                                                push: source -> sink after its WRITEs)
-///   GET_REQ       LNet header, u64 cookie, descriptor          (always the requester's sink)
+///   GET_REQ       LNet header, u64 cookie, descriptor          (the requester's sink; no fragments: the sink fits
+///                                                               one message, answer with REPLY)
 ///   PULL          u64 requester cookie, u64 target cookie, i32 status, u32 length, descriptor
 ///                                                              (GET pull, "transmit-first": the source to READ;
 ///                                                               a non-zero status fails the GET instead)
 ///   GET_DONE      u64 cookie, i32 status, u32 length            (push: target -> requester after its WRITEs;
 ///                                                                pull: requester -> target after its READ)
+///   REPLY         u64 requester cookie, i32 status, u32 length, payload
+///                                                              (the data of a GET whose sink had no fragments,
+///                                                               in the message itself: no RDMA, no registration)
 /// ```
 ///
-/// A cookie names a transmit descriptor on the side that made it, so a control message finds its transfer
-/// without any search. PUT_ACK, PUT_NAK, PUT_DONE, PULL and GET_DONE are control messages: the connection
-/// handles them itself; they never go through LNet matching.
+/// Version 2 added REPLY (version 1 moved every GET's data by RDMA).
+///
+/// A cookie names a transaction (one transfer) on the side that made it, so a control message finds its
+/// transfer with one lookup. PUT_ACK, PUT_NAK, PUT_DONE, PULL, GET_DONE and REPLY are control messages: the
+/// connection handles them itself; they never go through LNet matching.
 public enum WireFormat {
     public static let magic: UInt32 = 0x3144_4E4C
-    public static let version: UInt16 = 1
+    public static let version: UInt16 = 2
     public static let headerSize = 48
     public static let fragmentSize = 16
     public static let descriptorHeaderSize = 8
     /// The LNet header embedded in IMMEDIATE, PUT_REQ and GET_REQ.
     public static var lnetHeaderSize: Int { LNetHeader.encodedSize }
+    /// Bytes of a REPLY before its payload.
+    public static let replyHeaderSize = headerSize + 16
+
+    /// The largest payload a REPLY of a `maxMessageSize`-byte message carries.
+    public static func replyCapacity(maxMessageSize: Int) -> Int { max(0, maxMessageSize - replyHeaderSize) }
 
     /// The largest message needed for a given eager size and fragment limit: receive buffers are this big.
     public static func maxMessageSize(immediateSize: Int, maxFragments: Int) -> Int {
@@ -56,14 +67,14 @@ public enum WireFormat {
     }
 }
 
-/// The message types of wire version 1.
+/// The message types of wire version 2.
 public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible {
-    case noop = 1, immediate, putRequest, putAck, putNak, putDone, getRequest, pull, getDone
+    case noop = 1, immediate, putRequest, putAck, putNak, putDone, getRequest, pull, getDone, reply
 
     /// Control messages are handled by the connection itself and never reach LNet's parse.
     public var isControl: Bool {
         switch self {
-        case .noop, .putAck, .putNak, .putDone, .pull, .getDone: true
+        case .noop, .putAck, .putNak, .putDone, .pull, .getDone, .reply: true
         case .immediate, .putRequest, .getRequest: false
         }
     }
@@ -79,6 +90,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .getRequest: "GET_REQ"
         case .pull: "PULL"
         case .getDone: "GET_DONE"
+        case .reply: "REPLY"
         }
     }
 }
@@ -94,6 +106,7 @@ public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
     case badChecksum(expected: UInt32, computed: UInt32)
     case wrongDestination(String)
     case trailingBytes(Int)
+    case badLNetHeader(LNetHeader.CodingError)
 
     public var description: String {
         switch self {
@@ -106,6 +119,7 @@ public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
         case .badChecksum(let expected, let computed): "bad checksum: header says 0x\(String(expected, radix: 16)), message is 0x\(String(computed, radix: 16))"
         case .wrongDestination(let what): "message for another node: \(what)"
         case .trailingBytes(let count): "\(count) unexpected bytes after the body"
+        case .badLNetHeader(let error): "malformed LNet header: \(error)"
         }
     }
 }
@@ -173,17 +187,18 @@ public struct WireHeader: Sendable, Hashable {
     public var destinationStamp: UInt64
 }
 
-/// A message body, decoded. Payload bytes of an IMMEDIATE stay in the receive buffer (`payloadOffset`).
+/// A message body, decoded. Payload bytes of an IMMEDIATE or REPLY stay in the receive buffer (`payloadOffset`).
 public enum WireBody: Sendable, Hashable {
     case noop
-    case immediate(lnet: [UInt8], payloadOffset: Int, payloadLength: Int)
-    case putRequest(lnet: [UInt8], cookie: UInt64, source: RDMADescriptor)
+    case immediate(lnet: LNetHeader, payloadOffset: Int, payloadLength: Int)
+    case putRequest(lnet: LNetHeader, cookie: UInt64, source: RDMADescriptor)
     case putAck(sourceCookie: UInt64, sinkCookie: UInt64, sink: RDMADescriptor)
     case putNak(sourceCookie: UInt64, status: Int32)
     case putDone(cookie: UInt64, status: Int32, length: UInt32)
-    case getRequest(lnet: [UInt8], cookie: UInt64, sink: RDMADescriptor)
+    case getRequest(lnet: LNetHeader, cookie: UInt64, sink: RDMADescriptor)
     case pull(requesterCookie: UInt64, targetCookie: UInt64, status: Int32, length: UInt32, source: RDMADescriptor)
     case getDone(cookie: UInt64, status: Int32, length: UInt32)
+    case reply(cookie: UInt64, status: Int32, payloadOffset: Int, payloadLength: Int)
 
     public var type: MessageType {
         switch self {
@@ -196,6 +211,7 @@ public enum WireBody: Sendable, Hashable {
         case .getRequest: .getRequest
         case .pull: .pull
         case .getDone: .getDone
+        case .reply: .reply
         }
     }
 }
@@ -223,7 +239,7 @@ public struct WireAddressing: Sendable, Hashable {
 
 extension WireMessage {
     /// Encodes a message into `buffer` (a registered send buffer); returns its length.
-    /// `payload` is the eager payload of an IMMEDIATE, gathered by `copyPayload` straight into the buffer.
+    /// `payload` is the eager payload of an IMMEDIATE or REPLY, gathered by `copyPayload` straight into the buffer.
     public static func encode(_ body: WireBody, credits: UInt8, addressing: WireAddressing, checksum: Bool,
                               into buffer: UnsafeMutableRawBufferPointer,
                               copyPayload: (UnsafeMutableRawBufferPointer) -> Void = { _ in }) -> Int {
@@ -233,11 +249,11 @@ extension WireMessage {
         case .noop:
             break
         case .immediate(let lnet, _, let payloadLength):
-            lnet.withUnsafeBytes { writer.write(bytes: $0) }
+            writer.write(lnet)
             copyPayload(UnsafeMutableRawBufferPointer(rebasing: buffer[writer.offset..<writer.offset + payloadLength]))
             writer.skip(payloadLength)
         case .putRequest(let lnet, let cookie, let source):
-            lnet.withUnsafeBytes { writer.write(bytes: $0) }
+            writer.write(lnet)
             writer.write(cookie)
             source.encode(into: &writer)
         case .putAck(let sourceCookie, let sinkCookie, let sink):
@@ -252,7 +268,7 @@ extension WireMessage {
             writer.write(status)
             writer.write(length)
         case .getRequest(let lnet, let cookie, let sink):
-            lnet.withUnsafeBytes { writer.write(bytes: $0) }
+            writer.write(lnet)
             writer.write(cookie)
             sink.encode(into: &writer)
         case .pull(let requesterCookie, let targetCookie, let status, let length, let source):
@@ -261,6 +277,12 @@ extension WireMessage {
             writer.write(status)
             writer.write(length)
             source.encode(into: &writer)
+        case .reply(let cookie, let status, _, let payloadLength):
+            writer.write(cookie)
+            writer.write(status)
+            writer.write(UInt32(payloadLength))
+            copyPayload(UnsafeMutableRawBufferPointer(rebasing: buffer[writer.offset..<writer.offset + payloadLength]))
+            writer.skip(payloadLength)
         }
         let length = writer.offset
         var head = ByteWriter(buffer)
@@ -301,9 +323,11 @@ extension WireMessage {
                                 sourceStamp: try reader.read(), destination: try reader.read(), destinationStamp: try reader.read())
         let message = UnsafeRawBufferPointer(rebasing: buffer[0..<length])
         if checksum != 0 {
-            var copy = [UInt8](message)
-            copy.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(0), toByteOffset: 12, as: UInt32.self) }
-            var computed = copy.withUnsafeBytes { CRC32C.checksum($0) }
+            // The checksum of the message with its checksum field zero, without copying it.
+            let zero: UInt32 = 0
+            var computed = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: message[0..<12]))
+            computed = withUnsafeBytes(of: zero) { CRC32C.checksum($0, seed: computed) }
+            computed = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: message[16...]), seed: computed)
             if computed == 0 { computed = 1 }
             guard computed == checksum else { throw WireError.badChecksum(expected: checksum, computed: computed) }
         }
@@ -314,11 +338,11 @@ extension WireMessage {
         case .noop:
             body = .noop
         case .immediate:
-            let lnet = Array(try reader.bytes(WireFormat.lnetHeaderSize))
+            let lnet = try reader.readLNetHeader()
             body = .immediate(lnet: lnet, payloadOffset: reader.offset, payloadLength: reader.remaining)
             _ = try reader.bytes(reader.remaining)
         case .putRequest:
-            let lnet = Array(try reader.bytes(WireFormat.lnetHeaderSize))
+            let lnet = try reader.readLNetHeader()
             body = .putRequest(lnet: lnet, cookie: try reader.read(), source: try .decode(from: &reader, maxFragments: maxFragments))
         case .putAck:
             body = .putAck(sourceCookie: try reader.read(), sinkCookie: try reader.read(),
@@ -328,13 +352,22 @@ extension WireMessage {
         case .putDone:
             body = .putDone(cookie: try reader.read(), status: try reader.read(), length: try reader.read())
         case .getRequest:
-            let lnet = Array(try reader.bytes(WireFormat.lnetHeaderSize))
+            let lnet = try reader.readLNetHeader()
             body = .getRequest(lnet: lnet, cookie: try reader.read(), sink: try .decode(from: &reader, maxFragments: maxFragments))
         case .pull:
             body = .pull(requesterCookie: try reader.read(), targetCookie: try reader.read(), status: try reader.read(),
                          length: try reader.read(), source: try .decode(from: &reader, maxFragments: maxFragments))
         case .getDone:
             body = .getDone(cookie: try reader.read(), status: try reader.read(), length: try reader.read())
+        case .reply:
+            let cookie: UInt64 = try reader.read()
+            let status: Int32 = try reader.read()
+            let payloadLength = Int(try reader.read(UInt32.self))
+            guard payloadLength == reader.remaining else {
+                throw WireError.badLength(claimed: WireFormat.replyHeaderSize + payloadLength, received: length)
+            }
+            body = .reply(cookie: cookie, status: status, payloadOffset: reader.offset, payloadLength: payloadLength)
+            _ = try reader.bytes(payloadLength)
         }
         guard reader.remaining == 0 else { throw WireError.trailingBytes(reader.remaining) }
         return WireMessage(header: header, body: body)

@@ -251,6 +251,17 @@ public final class QueuePair: @unchecked Sendable {
         try post([request])
     }
 
+    /// Posts one receive buffer of one element, allocating nothing (the data path's repost).
+    public func postReceive(id: UInt64, _ element: ScatterGatherElement) throws(VerbsError) {
+        var sge = ibv_sge(addr: element.address, length: element.length, lkey: element.lkey)
+        let rc = withUnsafeMutablePointer(to: &sge) { sgePointer -> Int32 in
+            var wr = ibv_recv_wr(wr_id: id, next: nil, sg_list: sgePointer, num_sge: 1)
+            var bad: UnsafeMutablePointer<ibv_recv_wr>?
+            return ibv_post_recv(pointer, &wr, &bad)
+        }
+        try VerbsError.check("ibv_post_recv", rc, detail: "1 receive buffer")
+    }
+
     /// Posts receive buffers as one chain.
     public func post(_ requests: [ReceiveWorkRequest]) throws(VerbsError) {
         guard !requests.isEmpty else { return }

@@ -87,7 +87,7 @@ import Testing
                                       maxMessageSize: UInt32(WireFormat.maxMessageSize(immediateSize: 4096, maxFragments: 256)))
         var request = ConnectRequest(source: NID(address: parseDottedQuad(MalformedMessageDeviceTests.rawAddress)!, network: .o2ib).rawValue,
                                      sourceStamp: 1, destination: victim.id.nid.rawValue, limits: limits)
-        request.version = 2
+        request.version = Handshake.version + 1
         let raw = try RawPeer(address: MalformedMessageDeviceTests.rawAddress, victim: victim, request: request, expectReject: true)
         let event = try #require(try raw.nextEvent())
         #expect(event.kind == .rejected)

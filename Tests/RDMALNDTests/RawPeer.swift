@@ -145,9 +145,9 @@ final class RawPeer {
     }
 
     /// An LNet header from this raw peer to the victim.
-    func lnetHeader(_ type: LNetMessageType, portal: UInt32, matchBits: UInt64, length: Int, payload: Int = 0) -> [UInt8] {
+    func lnetHeader(_ type: LNetMessageType, portal: UInt32, matchBits: UInt64, length: Int, payload: Int = 0) -> LNetHeader {
         LNetHeader(type: type, source: ProcessID(nid: nid, pid: 1), destination: ProcessID(nid: victim, pid: 4242),
-                   payloadLength: UInt32(payload), length: UInt32(length), portal: portal, matchBits: matchBits, mdCookie: 99).encoded()
+                   payloadLength: UInt32(payload), length: UInt32(length), portal: portal, matchBits: matchBits, mdCookie: 99)
     }
 }
 

@@ -4,7 +4,9 @@ import Testing
 
 @Suite struct WireMessageTests {
     static let addressing = WireAddressing(source: 0x0005_0000_C000_0201, sourceStamp: 11, destination: 0x0005_0000_C000_0202, destinationStamp: 22)
-    static let lnet = [UInt8](repeating: 0xAB, count: WireFormat.lnetHeaderSize)
+    static let lnet = LNetHeader(type: .put, source: ProcessID(nid: NID(rawValue: 0x0005_0000_C000_0201), pid: 7),
+                                 destination: ProcessID(nid: NID(rawValue: 0x0005_0000_C000_0202), pid: 8), payloadLength: 4196,
+                                 portal: 3, matchBits: 0xABCD, offset: 64, headerData: 9, mdCookie: 11, ackRequested: true)
     static let descriptor = RDMADescriptor(fragments: [RDMAFragment(address: 0x1000, length: 4096, rkey: 7),
                                                        RDMAFragment(address: 0x9000, length: 100, rkey: 8)])
 
@@ -18,6 +20,7 @@ import Testing
         .getRequest(lnet: lnet, cookie: 6, sink: descriptor),
         .pull(requesterCookie: 7, targetCookie: 8, status: 0, length: 4196, source: descriptor),
         .getDone(cookie: 9, status: -61, length: 0),
+        .reply(cookie: 10, status: -2, payloadOffset: WireFormat.replyHeaderSize, payloadLength: 0),
     ]
 
     func roundTrip(_ body: WireBody, checksum: Bool, payload: [UInt8] = []) throws -> WireMessage {
@@ -48,8 +51,31 @@ import Testing
         #expect(length == payload.count)
     }
 
+    @Test func replyCarriesItsPayloadInPlace() throws {
+        let payload = Array("the data of a small GET".utf8)
+        let message = try roundTrip(.reply(cookie: 12, status: 0, payloadOffset: 0, payloadLength: payload.count), checksum: false,
+                                    payload: payload)
+        guard case .reply(let cookie, let status, let offset, let length) = message.body else { Issue.record("not a REPLY"); return }
+        #expect(cookie == 12 && status == 0)
+        #expect(offset == WireFormat.replyHeaderSize)
+        #expect(length == payload.count)
+        #expect(message.header.length == WireFormat.replyHeaderSize + payload.count)
+    }
+
+    @Test func replyLengthMustMatchItsPayload() throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 8)
+        defer { buffer.deallocate() }
+        let length = WireMessage.encode(.reply(cookie: 1, status: 0, payloadOffset: 0, payloadLength: 10), credits: 0,
+                                        addressing: Self.addressing, checksum: false, into: buffer) { $0.initializeMemory(as: UInt8.self, repeating: 1) }
+        // The u32 length says 11: one byte more than the message carries.
+        buffer.storeBytes(of: UInt32(11).littleEndian, toByteOffset: WireFormat.headerSize + 12, as: UInt32.self)
+        #expect(throws: WireError.badLength(claimed: WireFormat.replyHeaderSize + 11, received: length)) {
+            try WireMessage.decode(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), maxFragments: 256)
+        }
+    }
+
     @Test func controlMessagesAreTheOnesThatSkipLNet() {
-        #expect(MessageType.allCases.filter(\.isControl) == [.noop, .putAck, .putNak, .putDone, .pull, .getDone])
+        #expect(MessageType.allCases.filter(\.isControl) == [.noop, .putAck, .putNak, .putDone, .pull, .getDone, .reply])
     }
 
     /// Encodes a valid GET_REQ, lets `damage` break it, and returns what decoding says.

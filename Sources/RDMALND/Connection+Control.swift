@@ -1,0 +1,146 @@
+import LNet
+import Verbs
+
+/// Control messages (PUT_ACK, PUT_NAK, PUT_DONE, PULL, GET_DONE, REPLY, NOOP) move transactions along; they are
+/// handled here, under the connection's lock, and never go through LNet matching.
+extension Connection {
+    func handleControl(_ body: WireBody, slot: Int, _ resources: Resources, _ state: inout State, _ deferred: inout Deferred) {
+        func transaction(_ cookie: UInt64, _ kinds: [Transaction.Kind], _ what: String) -> Transaction? {
+            guard let transaction = state.transactions[cookie], kinds.contains(transaction.kind),
+                  !transaction.initiated || transaction.requestPosted else {
+                context.counters.bump(.protocolErrors)
+                closeLocked(&state, reason: "\(what) for a transfer that does not exist (cookie \(cookie))", status: .protocolError, &deferred)
+                return nil
+            }
+            return transaction
+        }
+        func protocolError(_ reason: String) {
+            context.counters.bump(.protocolErrors)
+            closeLocked(&state, reason: reason, status: .protocolError, &deferred)
+        }
+        switch body {
+        case .noop:
+            break
+        case .putAck(let sourceCookie, let sinkCookie, let sink):
+            guard let transaction = transaction(sourceCookie, [.putSource], "PUT_ACK") else { return }
+            guard transaction.grant == nil else { return protocolError("PUT_ACK for a PUT sent by pull") }
+            transaction.peerCookie = sinkCookie
+            // The sink may have matched fewer bytes (a truncating MD): move what it offers room for.
+            transaction.length = min(transaction.length, sink.totalLength)
+            guard let message = transaction.message else { return }
+            do {
+                transaction.grant = try context.registrar.grant(message.payload, access: [])
+            } catch {
+                state.queue.enqueue(Outgoing(body: .putDone(cookie: sinkCookie, status: Int32(LNetStatus.noResources.rawValue), length: 0),
+                                             answered: true, deadline: transaction.deadline))
+                complete(transaction, status: .noResources, &state, &deferred)
+                return
+            }
+            // WRITE, then PUT_DONE in the same chain; the PUT is done when PUT_DONE has gone.
+            let done = Outgoing(body: .putDone(cookie: sinkCookie, status: 0, length: UInt32(transaction.length)),
+                                onSent: .finishTransaction(transaction.cookie), deadline: transaction.deadline)
+            startRDMA(transaction, remote: sink, read: false, then: done, &state, &deferred)
+        case .putNak(let sourceCookie, let status):
+            guard let transaction = transaction(sourceCookie, [.putSource], "PUT_NAK") else { return }
+            complete(transaction, status: LNetStatus(wire: UInt32(bitPattern: status)), &state, &deferred)
+        case .putDone(let cookie, let status, _):
+            // Pull: the sink READ our source (source side). Push: the source WROTE into our sink (sink side).
+            guard let transaction = transaction(cookie, [.putSource, .putSink], "PUT_DONE") else { return }
+            if transaction.kind == .putSink && transaction.pull { return protocolError("PUT_DONE for a PUT we are pulling") }
+            complete(transaction, status: LNetStatus(wire: UInt32(bitPattern: status)), &state, &deferred)
+        case .pull(let requesterCookie, let targetCookie, let status, let length, let source):
+            guard let transaction = transaction(requesterCookie, [.getRequester], "PULL") else { return }
+            guard !transaction.eager else { return protocolError("PULL for a GET whose sink fits a REPLY") }
+            guard status == 0 else {
+                complete(transaction, status: LNetStatus(wire: UInt32(bitPattern: status)), &state, &deferred)
+                return
+            }
+            guard Int(length) <= transaction.length, source.totalLength >= Int(length) else {
+                return protocolError("PULL of \(length) bytes does not fit the \(transaction.length)-byte sink")
+            }
+            transaction.peerCookie = targetCookie
+            transaction.length = Int(length)
+            // READ, then GET_DONE fenced behind it; the REPLY is delivered when the READ completes, the
+            // transaction (its slot) ends when GET_DONE has gone.
+            let done = Outgoing(body: .getDone(cookie: targetCookie, status: 0, length: length),
+                                onSent: .finishTransaction(transaction.cookie), deadline: transaction.deadline)
+            startRDMA(transaction, remote: source, read: true, then: done, &state, &deferred)
+        case .getDone(let cookie, let status, let length):
+            // Push (or an error): the target wrote our sink. Pull: the requester finished reading our source.
+            guard let transaction = transaction(cookie, [.getRequester, .getTarget], "GET_DONE") else { return }
+            if transaction.kind == .getRequester {
+                guard Int(length) <= transaction.length else {
+                    return protocolError("GET_DONE claims \(length) bytes for a \(transaction.length)-byte sink")
+                }
+                guard !transaction.eager || status != 0 else { return protocolError("GET_DONE with data for a GET whose sink fits a REPLY") }
+                transaction.length = Int(length)
+            } else if !transaction.pull {
+                return protocolError("GET_DONE for a GET we are pushing")
+            }
+            complete(transaction, status: LNetStatus(wire: UInt32(bitPattern: status)), &state, &deferred)
+        case .reply(let cookie, let status, let payloadOffset, let payloadLength):
+            guard let transaction = transaction(cookie, [.getRequester], "REPLY") else { return }
+            guard transaction.eager else { return protocolError("REPLY for a GET whose sink was described for RDMA") }
+            guard payloadLength <= transaction.length else {
+                return protocolError("REPLY of \(payloadLength) bytes for a \(transaction.length)-byte sink")
+            }
+            // The data lands in the sink now, before the receive buffer is re-posted.
+            let size = resources.messageSize
+            let start = slot * size + payloadOffset
+            transaction.message?.sink?.copy(from: UnsafeRawBufferPointer(rebasing: resources.receiveBuffers.bytes[start..<start + payloadLength]))
+            transaction.length = status == 0 ? payloadLength : 0
+            complete(transaction, status: LNetStatus(wire: UInt32(bitPattern: status)), &state, &deferred)
+        case .immediate, .putRequest, .getRequest:
+            break
+        }
+    }
+
+    /// A transaction's READ completed: the data is here.
+    func rdmaDelivered(_ transaction: Transaction, _ state: inout State, _ deferred: inout Deferred) {
+        switch transaction.kind {
+        case .putSink:
+            // Pulled a PUT: it is received (PUT_DONE is on its way behind the READ).
+            complete(transaction, status: .ok, &state, &deferred)
+        case .getRequester:
+            // Pulled a GET's REPLY: deliver it now; the transaction ends when GET_DONE has gone.
+            guard let get = transaction.message else { return }
+            transaction.message = nil
+            transaction.grant?.revoke()
+            transaction.grant = nil
+            deferred.completeGet(get, .ok, length: transaction.length)
+        case .putSource, .getTarget:
+            break
+        }
+    }
+
+    /// Ends a transaction: revokes its memory, releases its slot, finalizes its LNet message.
+    func complete(_ transaction: Transaction, status: LNetStatus, _ state: inout State, _ deferred: inout Deferred) {
+        guard state.transactions.removeValue(forKey: transaction.cookie) != nil else { return }
+        transaction.grant?.revoke()
+        transaction.grant = nil
+        if transaction.initiated && transaction.requestPosted {
+            _ = state.queue.credits.finishTransaction()
+            returnInterfaceCredit(&deferred)
+        }
+        guard let message = transaction.message else { return }
+        transaction.message = nil
+        if transaction.kind == .getRequester {
+            deferred.completeGet(message, status, length: status == .ok ? transaction.length : 0)
+        } else {
+            deferred.finalize(message, status)
+        }
+    }
+
+    /// A GET we sent is over: report its REPLY (data landed, or the target's error) and finalize both.
+    static func completeGet(_ get: LNetMessage, status: LNetStatus, length: Int) {
+        let ni = get.ni
+        // The GET itself went out (its SEND event comes first); a transport failure fails it too.
+        let transportFailed = status != .ok && status != .noMatch && status != .tooLarge
+        let reply = ni.createReply(for: get)
+        ni.finalize(get, status: transportFailed ? status : .ok)
+        if let reply {
+            ni.setReplyLength(reply, length)
+            ni.finalize(reply, status: status)
+        }
+    }
+}
