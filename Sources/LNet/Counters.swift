@@ -107,6 +107,16 @@ final class NICounters: Sendable {
             drops = Counter(label: "\(prefix)_drops_total", dimensions: dimensions, factory: factory)
             errors = Counter(label: "\(prefix)_errors_total", dimensions: dimensions, factory: factory)
         }
+
+        func sent(_ bytes: Int) {
+            messagesSent.increment()
+            bytesSent.increment(by: Int64(bytes))
+        }
+
+        func received(_ bytes: Int) {
+            messagesReceived.increment()
+            bytesReceived.increment(by: Int64(bytes))
+        }
     }
 
     private struct State {
@@ -135,43 +145,64 @@ final class NICounters: Sendable {
         self.metrics = Metrics(prefix: prefix, dimensions: [("ni", nid.description)], factory: self.factory)
     }
 
-    private func update(_ peer: NID, _ body: (inout LNetCounterSet) -> Void) -> Metrics? {
-        state.withLock { state in
-            body(&state.totals)
-            body(&state.peers[peer, default: LNetCounterSet()])
-            guard perPeerMetrics else { return nil }
-            if let existing = state.peerMetrics[peer] { return existing }
-            let made = Metrics(prefix: prefix, dimensions: [("ni", nid.description), ("peer", peer.description)],
-                               factory: factory)
-            state.peerMetrics[peer] = made
-            return made
-        }
+    /// What one finalized message adds to the counters.
+    enum Outcome {
+        case sent(bytes: Int)
+        case received(bytes: Int)
+        case failed
+        case uncounted
     }
 
-    func recordSent(peer: NID, bytes: Int) {
-        let peerMetrics = update(peer) { $0.messagesSent += 1; $0.bytesSent += bytes }
-        for m in [metrics] + (peerMetrics.map { [$0] } ?? []) {
-            m.messagesSent.increment()
-            m.bytesSent.increment(by: Int64(bytes))
+    private func update(_ peer: NID, _ body: (inout LNetCounterSet) -> Void) -> Metrics? {
+        state.withLock { state in update(&state, peer, body) }
+    }
+
+    private func update(_ state: inout State, _ peer: NID, _ body: (inout LNetCounterSet) -> Void) -> Metrics? {
+        body(&state.totals)
+        body(&state.peers[peer, default: LNetCounterSet()])
+        guard perPeerMetrics else { return nil }
+        if let existing = state.peerMetrics[peer] { return existing }
+        let made = Metrics(prefix: prefix, dimensions: [("ni", nid.description), ("peer", peer.description)], factory: factory)
+        state.peerMetrics[peer] = made
+        return made
+    }
+
+    /// A message handed to the LND was finalized: its outcome and traffic, under one lock.
+    func recordFinalized(ok: Bool, peer: NID, _ outcome: Outcome) {
+        let peerMetrics = state.withLock { state -> Metrics? in
+            if ok { state.finalizedOK += 1 } else { state.finalizedWithError += 1 }
+            switch outcome {
+            case .sent(let bytes): return update(&state, peer) { $0.messagesSent += 1; $0.bytesSent += bytes }
+            case .received(let bytes): return update(&state, peer) { $0.messagesReceived += 1; $0.bytesReceived += bytes }
+            case .failed: return update(&state, peer) { $0.errors += 1 }
+            case .uncounted: return nil
+            }
+        }
+        switch outcome {
+        case .sent(let bytes):
+            metrics.sent(bytes)
+            peerMetrics?.sent(bytes)
+        case .received(let bytes):
+            metrics.received(bytes)
+            peerMetrics?.received(bytes)
+        case .failed:
+            metrics.errors.increment()
+            peerMetrics?.errors.increment()
+        case .uncounted:
+            break
         }
     }
 
     func recordReceived(peer: NID, bytes: Int) {
         let peerMetrics = update(peer) { $0.messagesReceived += 1; $0.bytesReceived += bytes }
-        for m in [metrics] + (peerMetrics.map { [$0] } ?? []) {
-            m.messagesReceived.increment()
-            m.bytesReceived.increment(by: Int64(bytes))
-        }
+        metrics.received(bytes)
+        peerMetrics?.received(bytes)
     }
 
     func recordDrop(peer: NID, bytes: Int) {
         let peerMetrics = update(peer) { $0.drops += 1; $0.droppedBytes += bytes }
-        for m in [metrics] + (peerMetrics.map { [$0] } ?? []) { m.drops.increment() }
-    }
-
-    func recordError(peer: NID) {
-        let peerMetrics = update(peer) { $0.errors += 1 }
-        for m in [metrics] + (peerMetrics.map { [$0] } ?? []) { m.errors.increment() }
+        metrics.drops.increment()
+        peerMetrics?.drops.increment()
     }
 
     func recordDoubleFinalize() {
@@ -180,12 +211,6 @@ final class NICounters: Sendable {
 
     func recordHandedToLND() {
         state.withLock { $0.handed += 1 }
-    }
-
-    func recordFinalized(ok: Bool) {
-        state.withLock { state in
-            if ok { state.finalizedOK += 1 } else { state.finalizedWithError += 1 }
-        }
     }
 
     func recordUnfinalizedAtShutdown(_ count: Int) {

@@ -19,6 +19,11 @@
 /// ``receive(ni:message:window:context:)`` and ``drop(ni:header:status:context:)`` on the thread that is inside
 /// ``LNetNI/parse(header:from:context:wantsRDMA:)`` or ``LNetNI/finalize(_:status:)``, so those paths must not hold
 /// LND locks that `send` takes. The LND may finalize synchronously (inside `send`/`receive`) or later from any thread.
+/// What an LND hands LNet with an incoming message and gets back in `receive`, `drop`, `eagerReceive` and a REPLY's
+/// ``LNetMessage/privateContext``: its own per-message state (o2iblnd's `private` pointer). An object, so passing
+/// it through the core costs a reference count, not an existential copy.
+public typealias LNDPrivate = AnyObject & Sendable
+
 public protocol LNetLND: AnyObject, Sendable {
     /// The network type this LND drives.
     var networkType: LNetNetworkType { get }
@@ -39,16 +44,16 @@ public protocol LNetLND: AnyObject, Sendable {
 
     /// Receives an incoming message: move the first `window.length` bytes of its payload into `window` (consuming
     /// ``LNetMessage/requestedLength`` bytes from the wire), then finalize it. May complete asynchronously.
-    func receive(ni: LNetNI, message: LNetMessage, window: LNetMDWindow, context: (any Sendable)?)
+    func receive(ni: LNetNI, message: LNetMessage, window: LNetMDWindow, context: (any LNDPrivate)?)
 
     /// An incoming message matched nothing (or could not be accepted): release its resources and, if the
     /// transport has a way, tell the peer. There is no message to finalize.
-    func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any Sendable)?)
+    func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any LNDPrivate)?)
 
     /// The core will hold this message for a while: copy what is needed out of the receive buffer and return
     /// the context to use for the later ``receive(ni:message:window:context:)`` or ``drop(ni:header:status:context:)``.
     /// Throwing drops the message. The default keeps the original context.
-    func eagerReceive(ni: LNetNI, header: LNetHeader, context: (any Sendable)?) throws(LNetError) -> (any Sendable)?
+    func eagerReceive(ni: LNetNI, header: LNetHeader, context: (any LNDPrivate)?) throws(LNetError) -> (any LNDPrivate)?
 }
 
 extension LNetLND {
@@ -60,7 +65,7 @@ extension LNetLND {
         return address
     }
 
-    public func eagerReceive(ni: LNetNI, header: LNetHeader, context: (any Sendable)?) throws(LNetError) -> (any Sendable)? {
+    public func eagerReceive(ni: LNetNI, header: LNetHeader, context: (any LNDPrivate)?) throws(LNetError) -> (any LNDPrivate)? {
         context
     }
 }

@@ -48,11 +48,14 @@ public final class LNet: Sendable {
     private struct Effects {
         enum Action {
             case send(LNetNI, LNetMessage)
-            case receive(LNetNI, LNetMessage, (any Sendable)?)
-            case drop(LNetNI, LNetHeader, LNetStatus, (any Sendable)?)
+            case receive(LNetNI, LNetMessage, (any LNDPrivate)?)
+            case drop(LNetNI, LNetHeader, LNetStatus, (any LNDPrivate)?)
         }
-        var actions: [Action] = []
-        var inline: [(EventQueue, LNetEvent)] = []
+        var actions = SmallList<Action>()
+        var inline = SmallList<(EventQueue, LNetEvent)>()
+
+        init() {}
+        init(_ action: Action) { actions.append(action) }
     }
 
     private struct State {
@@ -319,7 +322,7 @@ public final class LNet: Sendable {
                                                  userHeaderData: headerData),
                                requestedLength: record.length, matchedLength: record.length)
         }
-        perform(Effects(actions: [.send(message.ni, message)]))
+        perform(Effects(.send(message.ni, message)))
     }
 
     /// Asks `target` for `md.length` bytes into `md` (`LNetGet`). Uses one unit of threshold for the SEND event and
@@ -344,7 +347,7 @@ public final class LNet: Sendable {
                                                  userHeaderData: 0, countsTraffic: true),
                                requestedLength: record.length, matchedLength: 0)
         }
-        perform(Effects(actions: [.send(message.ni, message)]))
+        perform(Effects(.send(message.ni, message)))
     }
 
     private func nextMessageID() -> UInt64 {
@@ -353,7 +356,7 @@ public final class LNet: Sendable {
 
     // MARK: - Incoming messages (called through LNetNI)
 
-    func parse(ni: LNetNI, header: LNetHeader, from: NID, context: (any Sendable)?, wantsRDMA: Bool) -> LNetParseOutcome {
+    func parse(ni: LNetNI, header: LNetHeader, from: NID, context: (any LNDPrivate)?, wantsRDMA: Bool) -> LNetParseOutcome {
         guard !ni.isStopping else {
             ni.counters.recordDrop(peer: header.source.nid, bytes: Int(header.payloadLength))
             ni.lnd.drop(ni: ni, header: header, status: .shutdown, context: context)
@@ -367,7 +370,7 @@ public final class LNet: Sendable {
         if let outcome { return outcome }
 
         // A lazy portal wants to hold the message: let the LND copy it out of its receive buffer first.
-        let held: (any Sendable)?
+        let held: (any LNDPrivate)?
         do {
             held = try ni.lnd.eagerReceive(ni: ni, header: header, context: context)
         } catch {
@@ -399,7 +402,7 @@ public final class LNet: Sendable {
     /// Matches an incoming message. Returns `nil` only when `mayDelay` and the message should be held on a lazy
     /// portal (nothing has been done yet); when `mayDelay` is false, returns `nil` for an unmatched message on a
     /// lazy portal too, leaving the decision to the caller.
-    private func incoming(_ state: inout State, ni: LNetNI, header: LNetHeader, context: (any Sendable)?, wantsRDMA: Bool,
+    private func incoming(_ state: inout State, ni: LNetNI, header: LNetHeader, context: (any LNDPrivate)?, wantsRDMA: Bool,
                           mayDelay: Bool, _ effects: inout Effects) -> LNetParseOutcome? {
         let forUs: Bool
         if ni.nid.network == .loopback {
@@ -449,7 +452,7 @@ public final class LNet: Sendable {
         }
     }
 
-    private func matchRequest(_ state: inout State, ni: LNetNI, header: LNetHeader, context: (any Sendable)?,
+    private func matchRequest(_ state: inout State, ni: LNetNI, header: LNetHeader, context: (any LNDPrivate)?,
                               wantsRDMA: Bool, mayDelay: Bool, _ effects: inout Effects) -> LNetParseOutcome? {
         let requested = Int(header.type == .put ? header.payloadLength : header.length)
         let portal = state.portals[header.portal]
@@ -495,7 +498,7 @@ public final class LNet: Sendable {
     /// Drops an incoming message, telling the sender: a negative ACK for a PUT that asked for one, a failed REPLY
     /// for a GET (carrying the LND's context), and ``LNetLND/drop(ni:header:status:context:)`` for everything but GET.
     @discardableResult
-    private func reject(_ state: inout State, ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any Sendable)?,
+    private func reject(_ state: inout State, ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any LNDPrivate)?,
                         wantsRDMA: Bool, _ effects: inout Effects) -> LNetParseOutcome {
         ni.counters.recordDrop(peer: header.source.nid, bytes: Int(header.payloadLength))
         ni.logger.debug("dropping incoming message", metadata: ["header": "\(header)", "status": "\(status)"])
@@ -557,18 +560,19 @@ public final class LNet: Sendable {
             return
         }
         ni.untrack(message)
-        ni.counters.recordFinalized(ok: status.isOK)
         let completion = message.completion
         let eventStatus = status.isOK ? completion.remoteStatus : status
+        let outcome: NICounters.Outcome
         if !status.isOK {
-            ni.counters.recordError(peer: message.peer.nid)
-        } else if completion.countsTraffic {
-            if message.direction == .outgoing {
-                ni.counters.recordSent(peer: message.peer.nid, bytes: message.type == .get ? 0 : message.matchedLength)
-            } else {
-                ni.counters.recordReceived(peer: message.peer.nid, bytes: message.type == .ack ? 0 : message.matchedLength)
-            }
+            outcome = .failed
+        } else if !completion.countsTraffic {
+            outcome = .uncounted
+        } else if message.direction == .outgoing {
+            outcome = .sent(bytes: message.type == .get ? 0 : message.matchedLength)
+        } else {
+            outcome = .received(bytes: message.type == .ack ? 0 : message.matchedLength)
         }
+        ni.counters.recordFinalized(ok: status.isOK, peer: message.peer.nid, outcome)
         var effects = Effects()
         state.withLock { state in
             if let handle = completion.md, let record = state.mds[handle.cookie] {
@@ -620,8 +624,8 @@ public final class LNet: Sendable {
     }
 
     private func perform(_ effects: Effects) {
-        for (queue, event) in effects.inline { queue.runInline(event) }
-        for action in effects.actions {
+        effects.inline.forEach { queue, event in queue.runInline(event) }
+        effects.actions.forEach { action in
             switch action {
             case .send(let ni, let message):
                 ni.track(message)

@@ -44,19 +44,24 @@ public final class LNetMessage: Sendable, CustomStringConvertible {
     /// Outgoing GET: the requester's MD that the REPLY will land in (for an RDMA LND's sink descriptor).
     public let sink: LNetMDWindow?
     /// Outgoing REPLY answering a GET this LND delivered: the context the LND gave to ``LNetNI/parse(header:from:context:wantsRDMA:)``.
-    public let privateContext: (any Sendable)?
+    public let privateContext: (any LNDPrivate)?
     /// Incoming message (or a REPLY answering one): whether the LND said at parse that it moves the data itself by RDMA.
     public let lndWantsRDMA: Bool
     /// The interface the message belongs to.
     public let ni: LNetNI
 
     let completion: Completion
+    /// Links in its interface's list of messages handed to the LND (``LNetNI``'s tracking; only touched under
+    /// the interface's lock): an intrusive list, so tracking a message costs no hashing and no allocation.
+    nonisolated(unsafe) var trackedNext: LNetMessage?
+    nonisolated(unsafe) unowned(unsafe) var trackedPrevious: LNetMessage?
+    nonisolated(unsafe) var isTracked = false
     private let requested: Atomic<Int>
     private let matched: Atomic<Int>
     private let finalizedFlag = Atomic<Bool>(false)
 
     init(id: UInt64, header: LNetHeader, direction: Direction, payload: LNetMDWindow = .empty, sink: LNetMDWindow? = nil,
-         privateContext: (any Sendable)? = nil, lndWantsRDMA: Bool = false, ni: LNetNI, completion: Completion,
+         privateContext: (any LNDPrivate)? = nil, lndWantsRDMA: Bool = false, ni: LNetNI, completion: Completion,
          requestedLength: Int, matchedLength: Int) {
         self.id = id
         self.header = header

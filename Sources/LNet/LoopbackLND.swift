@@ -123,7 +123,7 @@ public final class LoopbackLND: LNetLND {
         if message.type == .get { context.completeSend(ni, .ok) }
     }
 
-    public func receive(ni: LNetNI, message: LNetMessage, window: LNetMDWindow, context: (any Sendable)?) {
+    public func receive(ni: LNetNI, message: LNetMessage, window: LNetMDWindow, context: (any LNDPrivate)?) {
         guard let context = context as? ReceiveContext else {
             ni.logger.error("loopback receive without a loopback context", metadata: ["message": "\(message)"])
             ni.finalize(message, status: .protocolError)
@@ -136,11 +136,11 @@ public final class LoopbackLND: LNetLND {
         ni.finalize(message, status: .ok)
     }
 
-    public func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any Sendable)?) {
+    public func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any LNDPrivate)?) {
         (context as? ReceiveContext)?.completeSend(ni, status)
     }
 
-    public func eagerReceive(ni: LNetNI, header: LNetHeader, context: (any Sendable)?) throws(LNetError) -> (any Sendable)? {
+    public func eagerReceive(ni: LNetNI, header: LNetHeader, context: (any LNDPrivate)?) throws(LNetError) -> (any LNDPrivate)? {
         guard let context = context as? ReceiveContext else { return context }
         let source = context.source
         let copy = try LNetBuffer(count: source.length)

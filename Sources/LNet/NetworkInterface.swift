@@ -22,7 +22,12 @@ public final class LNetNI: Sendable, CustomStringConvertible {
 
     let lnet: LNet
     let counters: NICounters
-    private let pending = Mutex<[UInt64: LNetMessage]>([:])
+    /// Messages handed to the LND and not yet finalized: an intrusive list through the messages themselves.
+    private struct Tracked {
+        var head: LNetMessage?
+        var count = 0
+    }
+    private let pending = Mutex(Tracked())
     private let stopping = Atomic<Bool>(false)
 
     init(lnet: LNet, nid: NID, configuration: NetworkInterfaceConfiguration, lnd: any LNetLND, logger: Logger) {
@@ -70,7 +75,7 @@ public final class LNetNI: Sendable, CustomStringConvertible {
     ///     REPLY's ``LNetMessage/privateContext``.
     ///   - wantsRDMA: the LND moves the data itself by RDMA (recorded in ``LNetMessage/lndWantsRDMA``).
     @discardableResult
-    public func parse(header: LNetHeader, from: NID, context: (any Sendable)?, wantsRDMA: Bool) -> LNetParseOutcome {
+    public func parse(header: LNetHeader, from: NID, context: (any LNDPrivate)?, wantsRDMA: Bool) -> LNetParseOutcome {
         lnet.parse(ni: self, header: header, from: from, context: context, wantsRDMA: wantsRDMA)
     }
 
@@ -105,11 +110,30 @@ public final class LNetNI: Sendable, CustomStringConvertible {
 
     func track(_ message: LNetMessage) {
         counters.recordHandedToLND()
-        pending.withLock { $0[message.id] = message }
+        pending.withLock { tracked in
+            guard !message.isTracked else { return }
+            message.isTracked = true
+            message.trackedNext = tracked.head
+            tracked.head?.trackedPrevious = message
+            tracked.head = message
+            tracked.count += 1
+        }
     }
 
     func untrack(_ message: LNetMessage) {
-        _ = pending.withLock { $0.removeValue(forKey: message.id) }
+        pending.withLock { tracked in
+            guard message.isTracked else { return }
+            message.isTracked = false
+            if let previous = message.trackedPrevious {
+                previous.trackedNext = message.trackedNext
+            } else {
+                tracked.head = message.trackedNext
+            }
+            message.trackedNext?.trackedPrevious = message.trackedPrevious
+            message.trackedNext = nil
+            message.trackedPrevious = nil
+            tracked.count -= 1
+        }
     }
 
     func beginStopping() {
@@ -117,9 +141,17 @@ public final class LNetNI: Sendable, CustomStringConvertible {
     }
 
     func takeAllPending() -> [LNetMessage] {
-        pending.withLock { table in
-            let all = Array(table.values)
-            table.removeAll()
+        pending.withLock { tracked in
+            var all: [LNetMessage] = []
+            all.reserveCapacity(tracked.count)
+            while let message = tracked.head {
+                tracked.head = message.trackedNext
+                message.trackedNext = nil
+                message.trackedPrevious = nil
+                message.isTracked = false
+                all.append(message)
+            }
+            tracked.count = 0
             return all
         }
     }

@@ -62,7 +62,7 @@ struct PortalEntry {
 struct DelayedMessage {
     let ni: LNetNI
     let header: LNetHeader
-    let context: (any Sendable)?
+    let context: (any LNDPrivate)?
     let wantsRDMA: Bool
 }
 

@@ -48,10 +48,24 @@ struct PingCommand: AsyncParsableCommand {
             var replies: [JSONValue] = []
             var answeredBy: NodeInfo?
             var firstError: String?
-            for sequence in 1...count {
-                if sequence > 1, let interval { try? await Task.sleep(for: interval.duration) }
+            // Without an interval the pings go back to back, each issued where the one before completed.
+            var results: [Result<PingReply, PingError>] = []
+            if let interval {
+                for sequence in 1...count {
+                    if sequence > 1 { try? await Task.sleep(for: interval.duration) }
+                    do throws(PingError) {
+                        results.append(.success(try await ping(control.lnet, target: peer, timeout: timeout.duration)))
+                    } catch {
+                        results.append(.failure(error))
+                    }
+                }
+            } else {
+                results = try await PingSeries(lnet: control.lnet, target: peer, count: count, timeout: timeout.duration).run()
+            }
+            for (index, result) in results.enumerated() {
+                let sequence = index + 1
                 do throws(PingError) {
-                    let reply = try await ping(control.lnet, target: peer, timeout: timeout.duration)
+                    let reply = try result.get()
                     histogram.record(UInt64(clamping: reply.roundTrip.components.seconds * 1_000_000_000
                                                 + reply.roundTrip.components.attoseconds / 1_000_000_000))
                     answeredBy = reply.node

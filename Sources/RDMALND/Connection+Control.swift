@@ -8,22 +8,19 @@ extension Connection {
         func transaction(_ cookie: UInt64, _ kinds: [Transaction.Kind], _ what: String) -> Transaction? {
             guard let transaction = state.transactions[cookie], kinds.contains(transaction.kind),
                   !transaction.initiated || transaction.requestPosted else {
-                context.counters.bump(.protocolErrors)
-                closeLocked(&state, reason: "\(what) for a transfer that does not exist (cookie \(cookie))", status: .protocolError, &deferred)
+                violation(.unknownTransfer, "\(what) for a transfer that does not exist (cookie \(cookie))", &state, &deferred)
                 return nil
             }
             return transaction
         }
-        func protocolError(_ reason: String) {
-            context.counters.bump(.protocolErrors)
-            closeLocked(&state, reason: reason, status: .protocolError, &deferred)
-        }
+        func unexpected(_ reason: String) { violation(.unexpectedMessage, reason, &state, &deferred) }
+        func badDescriptor(_ reason: String) { violation(.badDescriptor, reason, &state, &deferred) }
         switch body {
         case .noop:
             break
         case .putAck(let sourceCookie, let sinkCookie, let sink):
             guard let transaction = transaction(sourceCookie, [.putSource], "PUT_ACK") else { return }
-            guard transaction.grant == nil else { return protocolError("PUT_ACK for a PUT sent by pull") }
+            guard transaction.grant == nil else { return unexpected("PUT_ACK for a PUT sent by pull") }
             transaction.peerCookie = sinkCookie
             // The sink may have matched fewer bytes (a truncating MD): move what it offers room for.
             transaction.length = min(transaction.length, sink.totalLength)
@@ -46,17 +43,17 @@ extension Connection {
         case .putDone(let cookie, let status, _):
             // Pull: the sink READ our source (source side). Push: the source WROTE into our sink (sink side).
             guard let transaction = transaction(cookie, [.putSource, .putSink], "PUT_DONE") else { return }
-            if transaction.kind == .putSink && transaction.pull { return protocolError("PUT_DONE for a PUT we are pulling") }
+            if transaction.kind == .putSink && transaction.pull { return unexpected("PUT_DONE for a PUT we are pulling") }
             complete(transaction, status: LNetStatus(wire: UInt32(bitPattern: status)), &state, &deferred)
         case .pull(let requesterCookie, let targetCookie, let status, let length, let source):
             guard let transaction = transaction(requesterCookie, [.getRequester], "PULL") else { return }
-            guard !transaction.eager else { return protocolError("PULL for a GET whose sink fits a REPLY") }
+            guard !transaction.eager else { return unexpected("PULL for a GET whose sink fits a REPLY") }
             guard status == 0 else {
                 complete(transaction, status: LNetStatus(wire: UInt32(bitPattern: status)), &state, &deferred)
                 return
             }
             guard Int(length) <= transaction.length, source.totalLength >= Int(length) else {
-                return protocolError("PULL of \(length) bytes does not fit the \(transaction.length)-byte sink")
+                return badDescriptor("PULL of \(length) bytes does not fit the \(transaction.length)-byte sink")
             }
             transaction.peerCookie = targetCookie
             transaction.length = Int(length)
@@ -70,19 +67,19 @@ extension Connection {
             guard let transaction = transaction(cookie, [.getRequester, .getTarget], "GET_DONE") else { return }
             if transaction.kind == .getRequester {
                 guard Int(length) <= transaction.length else {
-                    return protocolError("GET_DONE claims \(length) bytes for a \(transaction.length)-byte sink")
+                    return badDescriptor("GET_DONE claims \(length) bytes for a \(transaction.length)-byte sink")
                 }
-                guard !transaction.eager || status != 0 else { return protocolError("GET_DONE with data for a GET whose sink fits a REPLY") }
+                guard !transaction.eager || status != 0 else { return unexpected("GET_DONE with data for a GET whose sink fits a REPLY") }
                 transaction.length = Int(length)
             } else if !transaction.pull {
-                return protocolError("GET_DONE for a GET we are pushing")
+                return unexpected("GET_DONE for a GET we are pushing")
             }
             complete(transaction, status: LNetStatus(wire: UInt32(bitPattern: status)), &state, &deferred)
         case .reply(let cookie, let status, let payloadOffset, let payloadLength):
             guard let transaction = transaction(cookie, [.getRequester], "REPLY") else { return }
-            guard transaction.eager else { return protocolError("REPLY for a GET whose sink was described for RDMA") }
+            guard transaction.eager else { return unexpected("REPLY for a GET whose sink was described for RDMA") }
             guard payloadLength <= transaction.length else {
-                return protocolError("REPLY of \(payloadLength) bytes for a \(transaction.length)-byte sink")
+                return badDescriptor("REPLY of \(payloadLength) bytes for a \(transaction.length)-byte sink")
             }
             // The data lands in the sink now, before the receive buffer is re-posted.
             let size = resources.messageSize

@@ -113,7 +113,7 @@ extension Connection {
             }
         }
         if !known, state.phase == .established {
-            closeLocked(&state, reason: "completion for work request \(completion.id), which is not posted", status: .protocolError, &deferred)
+            violation(.unknownCompletion, "completion for work request \(completion.id), which is not posted", &state, &deferred)
         } else if !completion.status.isSuccess {
             failed(completion, &state, &deferred)
         }
@@ -148,7 +148,7 @@ extension Connection {
         }
         let size = resources.messageSize
         guard slot >= 0, slot < resources.receiveSlots else {
-            close(reason: "receive completion for buffer \(slot), which does not exist", status: .protocolError)
+            violation(.unknownCompletion, "receive completion for buffer \(slot), which does not exist")
             return
         }
         let buffer = UnsafeRawBufferPointer(rebasing: resources.receiveBuffers.bytes[slot * size..<slot * size + Int(completion.byteLength)])
@@ -157,8 +157,7 @@ extension Connection {
             message = try WireMessage.decode(buffer, maxFragments: Int(resources.limits.maxFragments))
             try checkAddressing(message.header)
         } catch {
-            context.counters.bump(.protocolErrors)
-            close(reason: "malformed message: \(error)", status: .protocolError)
+            violation(.malformedMessage, "\(error)")
             return
         }
         var deferred = Deferred()
@@ -167,7 +166,7 @@ extension Connection {
             guard state.phase == .established else { return }
             state.lastReceive = .coarse
             guard state.queue.credits.received(credits: message.header.credits) else {
-                closeLocked(&state, reason: "peer returned more credits than it was owed", status: .protocolError, &deferred)
+                violation(.creditOverflow, "peer returned more credits than it was owed", &state, &deferred)
                 return
             }
             if message.body.type.isControl {
@@ -204,12 +203,12 @@ extension Connection {
         switch body {
         case .immediate(let lnet, let offset, let length):
             guard lnet.type == .put || lnet.type == .ack else {
-                closeLocked(&state, reason: "IMMEDIATE carrying an LNet \(lnet.type)", status: .protocolError, &deferred)
+                violation(.unexpectedMessage, "IMMEDIATE carrying an LNet \(lnet.type)", &state, &deferred)
                 return nil
             }
             guard Int(lnet.payloadLength) == length else {
-                closeLocked(&state, reason: "LNet header says \(lnet.payloadLength) payload bytes, message carries \(length)",
-                            status: .protocolError, &deferred)
+                violation(.badDescriptor, "LNet header says \(lnet.payloadLength) payload bytes, message carries \(length)",
+                          &state, &deferred)
                 return nil
             }
             header = lnet
@@ -217,7 +216,13 @@ extension Connection {
             receiveContext = ReceiveContext(connection: self, kind: .immediate(slot: slot, payload: payload))
         case .putRequest(let lnet, let cookie, let source):
             guard lnet.type == .put else {
-                closeLocked(&state, reason: "PUT_REQ carrying an LNet \(lnet.type)", status: .protocolError, &deferred)
+                violation(.unexpectedMessage, "PUT_REQ carrying an LNet \(lnet.type)", &state, &deferred)
+                return nil
+            }
+            // A pull source must cover exactly the PUT: our READ may touch nothing the peer did not expose.
+            guard source.fragments.isEmpty || source.totalLength == Int(lnet.payloadLength) else {
+                violation(.badDescriptor, "PUT_REQ source covers \(source.totalLength) bytes, the PUT has \(lnet.payloadLength)",
+                          &state, &deferred)
                 return nil
             }
             header = lnet
@@ -225,7 +230,15 @@ extension Connection {
             repost(slot: slot, credited: true, resources, &state, &deferred)
         case .getRequest(let lnet, let cookie, let sink):
             guard lnet.type == .get else {
-                closeLocked(&state, reason: "GET_REQ carrying an LNet \(lnet.type)", status: .protocolError, &deferred)
+                violation(.unexpectedMessage, "GET_REQ carrying an LNet \(lnet.type)", &state, &deferred)
+                return nil
+            }
+            // A described sink must cover what the GET asks for; an undescribed one must fit a REPLY.
+            let asked = Int(lnet.length)
+            guard sink.fragments.isEmpty ? asked <= WireFormat.replyCapacity(maxMessageSize: size) : sink.totalLength >= asked else {
+                violation(.badDescriptor, "GET_REQ for \(asked) bytes with a sink of \(sink.totalLength) bytes"
+                          + (sink.fragments.isEmpty ? " (undescribed: a REPLY carries \(WireFormat.replyCapacity(maxMessageSize: size)))" : ""),
+                          &state, &deferred)
                 return nil
             }
             header = lnet

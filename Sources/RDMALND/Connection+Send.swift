@@ -210,7 +210,7 @@ extension Connection {
         if sink.fragments.isEmpty {
             let capacity = WireFormat.replyCapacity(maxMessageSize: attached?.messageSize ?? 0)
             guard length <= capacity else {
-                close(reason: "GET of \(length) bytes with an undescribed sink (a REPLY carries \(capacity))", status: .protocolError)
+                violation(.badDescriptor, "GET of \(length) bytes with an undescribed sink (a REPLY carries \(capacity))")
                 reply.ni.finalize(reply, status: .protocolError)
                 return
             }
@@ -227,7 +227,7 @@ extension Connection {
             return
         }
         guard length <= sink.totalLength else {
-            close(reason: "GET sink descriptor covers \(sink.totalLength) bytes, the REPLY has \(length)", status: .protocolError)
+            violation(.badDescriptor, "GET sink descriptor covers \(sink.totalLength) bytes, the REPLY has \(length)")
             reply.ni.finalize(reply, status: .protocolError)
             return
         }
@@ -302,7 +302,7 @@ extension Connection {
                 state.queue.enqueue(RDMAJob(cookie: transaction.cookie, steps: steps, read: read, signalLast: read, then: then))
             }
         } catch {
-            closeLocked(&state, reason: "bad RDMA descriptor: \(error)", status: .protocolError, &deferred)
+            violation(.badDescriptor, "\(error)", &state, &deferred)
         }
     }
 

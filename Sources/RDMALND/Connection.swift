@@ -269,6 +269,21 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         }
     }
 
+    /// The peer broke the protocol (or this LND has a bug): count it by kind and close, failing what the
+    /// connection holds with ``LNetStatus/protocolError``.
+    func violation(_ kind: ProtocolViolation, _ reason: String, _ state: inout State, _ deferred: inout Deferred) {
+        guard state.phase != .closed else { return }
+        context.counters.record(kind)
+        closeLocked(&state, reason: "\(kind): \(reason)", status: .protocolError, &deferred)
+    }
+
+    /// `violation` for callers that hold no lock.
+    func violation(_ kind: ProtocolViolation, _ reason: String) {
+        var deferred = Deferred()
+        state.withLock { state in violation(kind, reason, &state, &deferred) }
+        deferred.run()
+    }
+
     /// Gives a transmit descriptor (and maybe an interface credit) back; connections waiting for one are woken
     /// after the lock is released.
     func releaseSlot(_ slot: Int, credit: Bool, _ deferred: inout Deferred) {

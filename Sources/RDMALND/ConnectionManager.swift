@@ -188,7 +188,7 @@ final class ConnectionManager: @unchecked Sendable {
             let lowered = ConnectionLimits(queueDepth: min(limits.queueDepth, reject.limits.queueDepth),
                                            maxFragments: min(limits.maxFragments, reject.limits.maxFragments),
                                            maxMessageSize: min(limits.maxMessageSize, reject.limits.maxMessageSize))
-            guard lowered != limits, lowered.queueDepth >= 2, lowered.maxFragments >= 1,
+            guard lowered != limits, lowered.queueDepth >= LNDTunables.minimumQueueDepth, lowered.maxFragments >= 1,
                   Int(lowered.maxMessageSize) >= WireFormat.maxMessageSize(immediateSize: 0, maxFragments: Int(lowered.maxFragments)),
                   Tick.coarse < deadline else {
                 fail(connection, "rejected by \(connection.peer): \(reject.reason); its limits \(reject.limits) are unusable", status: .unreachable)
@@ -234,8 +234,12 @@ final class ConnectionManager: @unchecked Sendable {
             return
         }
         let ours = context.localLimits
-        if request.limits.queueDepth > ours.queueDepth || request.limits.queueDepth < 2 {
-            reject(id, .queueDepthTooLarge, "\(peer) asked for queue depth \(request.limits.queueDepth)")
+        if request.limits.queueDepth < LNDTunables.minimumQueueDepth {
+            reject(id, .malformed, "\(peer) asked for queue depth \(request.limits.queueDepth)")
+            return
+        }
+        if request.limits.queueDepth > ours.queueDepth {
+            reject(id, .queueDepthTooLarge, "\(peer) asked for queue depth \(request.limits.queueDepth), ours is \(ours.queueDepth)")
             return
         }
         if request.limits.maxFragments > ours.maxFragments || request.limits.maxFragments < 1 {

@@ -1,24 +1,5 @@
 import LNet
 
-/// A list that keeps its first element inline: the data path's per-message lists hold one element nearly
-/// always, and then cost no heap allocation.
-struct SmallList<Element> {
-    private var first: Element?
-    private var rest: [Element] = []
-
-    var isEmpty: Bool { first == nil }
-
-    mutating func append(_ element: Element) {
-        if first == nil { first = element } else { rest.append(element) }
-    }
-
-    func forEach(_ body: (Element) -> Void) {
-        guard let first else { return }
-        body(first)
-        for element in rest { body(element) }
-    }
-}
-
 /// What a locked section of a connection decided, run once the lock is released: LNet may call back into the
 /// LND (an inline event handler that sends, a REPLY served at once), so nothing calls out while a connection
 /// lock is held.

@@ -41,6 +41,22 @@ final class LNDContext: Sendable {
     var nid: NID { ni.nid }
 }
 
+/// Why a connection was closed for breaking the protocol (the peer's fault, or a bug), counted by kind.
+enum ProtocolViolation: String, CaseIterable, Sendable {
+    /// The message does not decode, or is addressed to another node or incarnation.
+    case malformedMessage = "malformed message"
+    /// The peer returned more credits than it could owe.
+    case creditOverflow = "credit overflow"
+    /// A control message names a transfer that does not exist.
+    case unknownTransfer = "unknown transfer"
+    /// A message the transfer's state does not allow (a PUT_DONE for a pull, an LNet GET in an IMMEDIATE, ...).
+    case unexpectedMessage = "unexpected message"
+    /// A descriptor or length that does not fit the transfer (checked before any RDMA is posted).
+    case badDescriptor = "bad descriptor"
+    /// A completion for work this side never posted (a bug in this LND).
+    case unknownCompletion = "unknown completion"
+}
+
 /// The LND's own counters (what `lnetctl` shows besides LNet's).
 final class LNDCounters: Sendable {
     enum Counter: Int, CaseIterable {
@@ -72,6 +88,18 @@ final class LNDCounters: Sendable {
     }
 
     func value(_ counter: Counter) -> Int { with(counter) { $0.load(ordering: .relaxed) } }
+
+    private let violations = Mutex<[ProtocolViolation: Int]>([:])
+
+    /// A connection is closed for `violation` (counted in `protocolErrors` too).
+    func record(_ violation: ProtocolViolation) {
+        bump(.protocolErrors)
+        violations.withLock { $0[violation, default: 0] += 1 }
+    }
+
+    var violationCounts: [String: Int] {
+        violations.withLock { counts in Dictionary(uniqueKeysWithValues: counts.map { ($0.key.rawValue, $0.value) }) }
+    }
 }
 
 /// A snapshot of the LND's counters.
@@ -85,6 +113,8 @@ public struct LNDCountersSnapshot: Sendable, Equatable {
     public var noops: Int
     public var rejectsSent: Int
     public var reconnects: Int
+    /// Connections closed for a protocol violation, by kind (``protocolErrors`` is their sum, with the handshake's).
+    public var protocolErrorsByKind: [String: Int]
 }
 
 extension LNDCounters {
@@ -92,6 +122,7 @@ extension LNDCounters {
         LNDCountersSnapshot(
             connectionsEstablished: value(.connectionsEstablished), connectionsClosed: value(.connectionsClosed),
             protocolErrors: value(.protocolErrors), timeouts: value(.timeouts), rdmaReads: value(.rdmaReads),
-            rdmaWrites: value(.rdmaWrites), noops: value(.noops), rejectsSent: value(.rejectsSent), reconnects: value(.reconnects))
+            rdmaWrites: value(.rdmaWrites), noops: value(.noops), rejectsSent: value(.rejectsSent), reconnects: value(.reconnects),
+            protocolErrorsByKind: violationCounts)
     }
 }

@@ -88,7 +88,7 @@ public final class RDMALND: LNetLND {
         runtime.connection(to: message.header.destination.nid).send(message)
     }
 
-    public func receive(ni: LNetNI, message: LNetMessage, window: LNetMDWindow, context: (any Sendable)?) {
+    public func receive(ni: LNetNI, message: LNetMessage, window: LNetMDWindow, context: (any LNDPrivate)?) {
         guard let context = context as? ReceiveContext else {
             ni.logger.error("receive without an o2ib context", metadata: ["message": "\(message)"])
             ni.finalize(message, status: .protocolError)
@@ -110,7 +110,7 @@ public final class RDMALND: LNetLND {
         }
     }
 
-    public func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any Sendable)?) {
+    public func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any LNDPrivate)?) {
         guard let context = context as? ReceiveContext else { return }
         switch context.kind {
         case .immediate:
@@ -125,7 +125,7 @@ public final class RDMALND: LNetLND {
         }
     }
 
-    public func eagerReceive(ni: LNetNI, header: LNetHeader, context: (any Sendable)?) throws(LNetError) -> (any Sendable)? {
+    public func eagerReceive(ni: LNetNI, header: LNetHeader, context: (any LNDPrivate)?) throws(LNetError) -> (any LNDPrivate)? {
         guard let context = context as? ReceiveContext, case .immediate(_, let payload) = context.kind else { return context }
         let copy = try LNetBuffer(count: max(1, payload.count))
         copy.bytes.copyMemory(from: payload)

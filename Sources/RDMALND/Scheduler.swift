@@ -116,13 +116,17 @@ final class Scheduler: @unchecked Sendable {
     private func run(_ thread: ServiceThread) {
         var ready: [Connection] = []
         var carry: [Connection] = []
+        // The channel is read only when poll(2) said it is readable (reading it otherwise is a system call that
+        // finds nothing); an event that comes while the thread is awake keeps it readable for the next sleep.
+        var channelReadable = false
         ready.reserveCapacity(16)
         carry.reserveCapacity(16)
         while thread.isRunning {
             swap(&ready, &carry)
             carry.removeAll(keepingCapacity: true)
             // A busy thread never arms a queue, so the channel has nothing to say (and reading it is a system call).
-            collect(into: &ready, channel: mode != .busy)
+            collect(into: &ready, channel: channelReadable)
+            channelReadable = false
             if mode == .busy {
                 refreshSnapshot()
                 ready.removeAll(keepingCapacity: true)
@@ -133,6 +137,8 @@ final class Scheduler: @unchecked Sendable {
             if now.since(lastTimers) >= Self.timerInterval {
                 lastTimers = now
                 runTimers(now)
+                // Events raised while the thread was awake (a busy thread never arms, but set-up may have).
+                channelReadable = true
             }
             // A busy scheduler with no connection has nothing to poll: it sleeps until one is placed on it.
             if mode == .busy, !snapshot.isEmpty { continue }
@@ -140,7 +146,7 @@ final class Scheduler: @unchecked Sendable {
             for connection in ready where connection.prepareToSleep() { carry.append(connection) }
             if !carry.isEmpty { continue }
             let untilTimers = Self.timerInterval - min(Self.timerInterval, Tick.coarse.since(lastTimers))
-            thread.sleep(watching: channel.fileDescriptor, timeoutMilliseconds: Int32(untilTimers / 1_000_000) + 1)
+            channelReadable = thread.sleep(watching: channel.fileDescriptor, timeoutMilliseconds: Int32(untilTimers / 1_000_000) + 1)
         }
     }
 

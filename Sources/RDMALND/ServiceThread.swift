@@ -84,12 +84,14 @@ final class ServiceThread: @unchecked Sendable {
     }
 
     /// Sleeps until `descriptor` is readable, `wake()` is called, or `timeoutMilliseconds` pass (-1: no limit).
-    /// Returns at once if `wake()` was called since the last sleep.
-    func sleep(watching descriptor: Int32?, timeoutMilliseconds: Int32) {
+    /// Returns at once if `wake()` was called since the last sleep. Returns whether `descriptor` is readable (as
+    /// far as this sleep saw).
+    @discardableResult
+    func sleep(watching descriptor: Int32?, timeoutMilliseconds: Int32) -> Bool {
         sleeping.store(true, ordering: .sequentiallyConsistent)
         if wakePending.exchange(false, ordering: .sequentiallyConsistent) || !isRunning {
             sleeping.store(false, ordering: .sequentiallyConsistent)
-            return
+            return false
         }
         var fds = (pollfd(fd: eventFD, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: descriptor ?? -1, events: Int16(POLLIN), revents: 0))
@@ -102,6 +104,7 @@ final class ServiceThread: @unchecked Sendable {
             var value: UInt64 = 0
             _ = read(eventFD, &value, 8)
         }
+        return descriptor != nil && fds.1.revents != 0
     }
 
     /// Makes the thread's current or next `sleep` return at once.

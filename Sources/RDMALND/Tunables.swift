@@ -74,6 +74,10 @@ public struct LNDTunables: Sendable, Equatable {
 
     public init() {}
 
+    /// The smallest queue depth (`LND_PEER_CREDITS`) the LND runs with, and accepts in a handshake: one credited
+    /// message in flight each way, one transaction of its own per side.
+    public static let minimumQueueDepth = 1
+
     /// Effective send-queue depth of one connection.
     public var effectiveConcurrentSends: Int { concurrentSends == 0 ? 2 * peerCredits : concurrentSends }
     /// Effective scheduler count.
@@ -188,7 +192,7 @@ extension LNDTunables {
 
     /// Every tunable, in the order `lnetctl tunables` prints them.
     static let definitions: [Definition] = [
-        .integer("lnd.peerCredits", \.peerCredits, 1...255, "receive buffers and sends in flight per connection (queue depth)"),
+        .integer("lnd.peerCredits", \.peerCredits, minimumQueueDepth...255, "receive buffers and sends in flight per connection (queue depth)"),
         .integer("lnd.credits", \.credits, 1...65_535, "sends in flight over all connections"),
         .integer("lnd.concurrentSends", \.concurrentSends, 0...4096, "send work requests in flight per connection (0: 2 x peer credits)"),
         .integer("lnd.ntx", \.ntx, 16...65_536, "transmit descriptors"),

@@ -43,14 +43,14 @@ final class TestPairLND: LNetLND {
         }
     }
 
-    func receive(ni: LNetNI, message: LNetMessage, window: LNetMDWindow, context: (any Sendable)?) {
+    func receive(ni: LNetNI, message: LNetMessage, window: LNetMDWindow, context: (any LNDPrivate)?) {
         guard let context = context as? Context else { return ni.finalize(message, status: .protocolError) }
         window.copy(from: context.sent.payload)
         ni.finalize(message, status: .ok)
         context.sent.ni.finalize(context.sent, status: .ok)
     }
 
-    func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any Sendable)?) {
+    func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any LNDPrivate)?) {
         if let context = context as? Context { context.sent.ni.finalize(context.sent, status: status) }
     }
 }

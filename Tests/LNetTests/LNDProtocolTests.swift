@@ -3,6 +3,12 @@ import Testing
 
 @testable import LNet
 
+/// A named receive context (an LND's private context is an object).
+final class Named: Sendable {
+    let name: String
+    init(_ name: String) { self.name = name }
+}
+
 /// An LND the test drives by hand: it records every call and finalizes nothing on its own.
 final class ManualLND: LNetLND {
     struct Received: Sendable {
@@ -36,17 +42,17 @@ final class ManualLND: LNetLND {
 
     func send(ni: LNetNI, message: LNetMessage) { sent.append(message) }
 
-    func receive(ni: LNetNI, message: LNetMessage, window: LNetMDWindow, context: (any Sendable)?) {
-        received.append(Received(message: message, window: window, context: context as? String))
+    func receive(ni: LNetNI, message: LNetMessage, window: LNetMDWindow, context: (any LNDPrivate)?) {
+        received.append(Received(message: message, window: window, context: (context as? Named)?.name))
     }
 
-    func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any Sendable)?) {
-        dropped.append(Dropped(header: header, status: status, context: context as? String))
+    func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any LNDPrivate)?) {
+        dropped.append(Dropped(header: header, status: status, context: (context as? Named)?.name))
     }
 
-    func eagerReceive(ni: LNetNI, header: LNetHeader, context: (any Sendable)?) throws(LNetError) -> (any Sendable)? {
-        eagerCalls.append(context as? String)
-        return "copied"
+    func eagerReceive(ni: LNetNI, header: LNetHeader, context: (any LNDPrivate)?) throws(LNetError) -> (any LNDPrivate)? {
+        eagerCalls.append((context as? Named)?.name)
+        return Named("copied")
     }
 }
 
@@ -91,7 +97,7 @@ final class ManualLND: LNetLND {
                             descriptor: MemoryDescriptor(buffer: sink, options: [.put, .manageRemote, .truncate], eventQueue: eq))
         let header = LNetHeader(type: .put, source: remote, destination: local, payloadLength: 50, portal: 4, matchBits: 9,
                                 offset: 70, headerData: 11, mdCookie: 555, ackRequested: true)
-        #expect(ni.parse(header: header, from: remote.nid, context: "rx-1", wantsRDMA: true) == .receiving)
+        #expect(ni.parse(header: header, from: remote.nid, context: Named("rx-1"), wantsRDMA: true) == .receiving)
         let received = try #require(lnd.received.items.first)
         #expect(received.context == "rx-1" && received.message.lndWantsRDMA)
         #expect(received.window.offset == 70 && received.window.length == 30 && received.message.requestedLength == 50)
@@ -113,7 +119,7 @@ final class ManualLND: LNetLND {
         defer { lnet.shutdown() }
         let header = LNetHeader(type: .put, source: remote, destination: local, payloadLength: 10, portal: 4, matchBits: 9,
                                 mdCookie: 7, ackRequested: true)
-        #expect(ni.parse(header: header, from: remote.nid, context: "rx", wantsRDMA: false) == .dropped(.noMatch))
+        #expect(ni.parse(header: header, from: remote.nid, context: Named("rx"), wantsRDMA: false) == .dropped(.noMatch))
         #expect(lnd.dropped.items.map(\.status) == [.noMatch])
         #expect(lnd.dropped.items.first?.context == "rx")
         let nak = try #require(lnd.sent.items.first)
@@ -131,9 +137,9 @@ final class ManualLND: LNetLND {
                                                          eventQueue: eq))
         let get = LNetHeader(type: .get, source: remote, destination: local, length: 16, portal: 6, matchBits: 1, offset: 8,
                              mdCookie: 99)
-        #expect(ni.parse(header: get, from: remote.nid, context: "conn-3", wantsRDMA: true) == .replying)
+        #expect(ni.parse(header: get, from: remote.nid, context: Named("conn-3"), wantsRDMA: true) == .replying)
         let reply = try #require(lnd.sent.items.first)
-        #expect(reply.type == .reply && reply.privateContext as? String == "conn-3" && reply.lndWantsRDMA)
+        #expect(reply.type == .reply && (reply.privateContext as? Named)?.name == "conn-3" && reply.lndWantsRDMA)
         #expect(reply.payload.bytes() == Array(bytes(64)[8..<24]))
         #expect(reply.header.destination == remote && reply.header.mdCookie == 99 && reply.header.payloadLength == 16)
         #expect(eq.poll() == nil) // the GET event comes when the REPLY is done
@@ -142,9 +148,9 @@ final class ManualLND: LNetLND {
         #expect(event.kind == .get && event.offset == 8 && event.matchedLength == 16 && event.unlinked)
 
         let miss = LNetHeader(type: .get, source: remote, destination: local, length: 16, portal: 6, matchBits: 1, mdCookie: 100)
-        #expect(ni.parse(header: miss, from: remote.nid, context: "conn-4", wantsRDMA: true) == .replying)
+        #expect(ni.parse(header: miss, from: remote.nid, context: Named("conn-4"), wantsRDMA: true) == .replying)
         let failed = try #require(lnd.sent.items.last)
-        #expect(failed.type == .reply && failed.header.status == .noMatch && failed.privateContext as? String == "conn-4")
+        #expect(failed.type == .reply && failed.header.status == .noMatch && (failed.privateContext as? Named)?.name == "conn-4")
         #expect(failed.payload.length == 0)
         ni.finalize(failed, status: .ok)
     }
@@ -261,7 +267,7 @@ final class ManualLND: LNetLND {
         lnet.setLazy(portal: 8, true)
         let header = LNetHeader(type: .put, source: remote, destination: local, payloadLength: 4, portal: 8, matchBits: 2,
                                 mdCookie: 1, ackRequested: true)
-        #expect(ni.parse(header: header, from: remote.nid, context: "rx-buffer", wantsRDMA: false) == .delayed)
+        #expect(ni.parse(header: header, from: remote.nid, context: Named("rx-buffer"), wantsRDMA: false) == .delayed)
         #expect(lnd.eagerCalls.items == ["rx-buffer"])
         #expect(lnet.delayedCount(portal: 8) == 1 && lnd.received.count == 0)
         _ = try lnet.attach(MatchEntry(portal: 8, matchBits: 2),
@@ -271,7 +277,7 @@ final class ManualLND: LNetLND {
         #expect(received.context == "copied")
         ni.finalize(received.message, status: .ok)
 
-        ni.parse(header: header, from: remote.nid, context: "rx-2", wantsRDMA: false)
+        ni.parse(header: header, from: remote.nid, context: Named("rx-2"), wantsRDMA: false)
         #expect(lnet.delayedCount(portal: 8) == 1)
         lnet.setLazy(portal: 8, false)
         #expect(lnd.dropped.items.map(\.context) == ["copied"])

@@ -108,7 +108,7 @@ final class PairLND: LNetLND {
         }
     }
 
-    func receive(ni: LNetNI, message: LNetMessage, window: LNetMDWindow, context: (any Sendable)?) {
+    func receive(ni: LNetNI, message: LNetMessage, window: LNetMDWindow, context: (any LNDPrivate)?) {
         guard let context = context as? Context else {
             ni.finalize(message, status: .protocolError)
             return
@@ -118,7 +118,7 @@ final class PairLND: LNetLND {
         context.sent.ni.finalize(context.sent, status: .ok)
     }
 
-    func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any Sendable)?) {
+    func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any LNDPrivate)?) {
         dropped.append(status)
         if let context = context as? Context { context.sent.ni.finalize(context.sent, status: status) }
     }

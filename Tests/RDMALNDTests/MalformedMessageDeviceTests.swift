@@ -15,7 +15,9 @@ import Verbs
     }
 
     /// The victim on 192.0.2.1 with a PUT and a GET entry; a healthy peer on 192.0.2.2 already talking to it.
-    func withVictim(_ body: (LNDNode, LNDNode) async throws -> Void) async throws {
+    /// `rawConnects`: whether the raw peer's connection is accepted (then the victim made two connections, and
+    /// closed exactly one: the raw peer's).
+    func withVictim(rawConnects: Bool = true, _ body: (LNDNode, LNDNode) async throws -> Void) async throws {
         let (victim, healthy) = try LNDNode.pair { $0.immediateSize = 1024 }
         defer { healthy.shutdown(); victim.shutdown() }
         _ = try victim.lnet.attach(MatchEntry(portal: 40, matchBits: 1),
@@ -25,7 +27,20 @@ import Verbs
         try await body(victim, healthy)
         // The victim still serves the healthy peer, on the same connection.
         try await healthyPut(from: healthy, to: victim)
-        #expect(victim.lnd.counters?.connectionsEstablished == 2 || victim.lnd.counters?.connectionsEstablished == 1)
+        let counters = try #require(victim.lnd.counters)
+        #expect(counters.connectionsEstablished == (rawConnects ? 2 : 1))
+        #expect(counters.connectionsClosed == (rawConnects ? 1 : 0))
+        #expect(healthy.lnd.counters?.connectionsEstablished == 1 && healthy.lnd.counters?.connectionsClosed == 0)
+    }
+
+    /// The protocol violation the victim must report for each damage (it closes the connection itself).
+    static func violation(for damage: Damage) -> ProtocolViolation {
+        switch damage {
+        case .badMagic, .truncatedHeader, .lengthBeyondBuffer, .unknownType, .unknownVersion, .tooManyFragments, .wrongStamp:
+            .malformedMessage
+        case .doneForUnknownTransfer: .unknownTransfer
+        case .descriptorOutsidePeerMemory, .sinkShorterThanRequest: .badDescriptor
+        }
     }
 
     func healthyPut(from node: LNDNode, to victim: LNDNode) async throws {
@@ -39,6 +54,7 @@ import Verbs
     @Test(arguments: Damage.allCases)
     func badMessageClosesOnlyItsConnection(_ damage: Damage) async throws {
         try await withVictim { victim, _ in
+            let before = try #require(victim.lnd.counters)
             let raw = try RawPeer(address: Self.rawAddress, victim: victim)
             let header = WireAddressing(source: raw.nid.rawValue, sourceStamp: raw.stamp, destination: raw.victim.rawValue,
                                         destinationStamp: raw.victimStamp)
@@ -75,10 +91,13 @@ import Verbs
             case .doneForUnknownTransfer:
                 try raw.send(.getDone(cookie: 123_456, status: 0, length: 0))
             case .descriptorOutsidePeerMemory:
-                // A pull PUT whose source points nowhere the raw peer registered: the victim's READ is refused.
+                // A pull PUT of 64 KiB whose source exposes only 4 KiB: READing the PUT would run 60 KiB past what
+                // the raw peer registered. (The rkey is real, so only the victim's own check stops it.)
+                let source = try MemoryRegion(protectionDomain: raw.protectionDomain, length: 4096, access: [.remoteRead])
                 try raw.send(.putRequest(lnet: raw.lnetHeader(.put, portal: 40, matchBits: 1, length: 0, payload: 65536), cookie: 1,
-                                         source: RDMADescriptor(fragments: [RDMAFragment(address: 0x7000_0000, length: 65536, rkey: 0xDEAD_BEEF)])),
+                                         source: RDMADescriptor(fragments: [RDMAFragment(address: source.address, length: 4096, rkey: source.rkey)])),
                              credits: 0)
+                _ = source
             case .sinkShorterThanRequest:
                 // The GET asks for 64 KiB but its sink descriptor covers 100 bytes.
                 let sink = try MemoryRegion(protectionDomain: raw.protectionDomain, length: 4096, access: [.localWrite, .remoteWrite])
@@ -90,11 +109,18 @@ import Verbs
                                                               destination: raw.victim.rawValue, destinationStamp: raw.victimStamp)))
             }
             #expect(try raw.waitForDisconnect(), "the victim did not close the connection for \(damage)")
+            // The victim's own check closed it (not the NIC refusing an RDMA): one violation of the right kind,
+            // and no RDMA posted for the bad message.
+            let after = try #require(victim.lnd.counters)
+            let kind = Self.violation(for: damage).rawValue
+            #expect(after.protocolErrorsByKind == [kind: (before.protocolErrorsByKind[kind] ?? 0) + 1], "\(after.protocolErrorsByKind)")
+            #expect(after.protocolErrors == before.protocolErrors + 1)
+            #expect(after.rdmaReads == before.rdmaReads && after.rdmaWrites == before.rdmaWrites)
         }
     }
 
     @Test func connectionRequestClaimingAnotherNodesNIDIsRejected() async throws {
-        try await withVictim { victim, healthy in
+        try await withVictim(rawConnects: false) { victim, healthy in
             let limits = ConnectionLimits(queueDepth: 8, maxFragments: 256,
                                           maxMessageSize: UInt32(WireFormat.maxMessageSize(immediateSize: 4096, maxFragments: 256)))
             // From 192.0.2.3, claiming to be the healthy node (192.0.2.2).

@@ -53,18 +53,38 @@ import Testing
         #expect(ContinuousClock.now - start < .seconds(5))
     }
 
-    /// Shutting down with messages in flight finalizes every one of them.
+    /// Shutting down with messages in flight: the LND itself finalizes every one of them (LNet's own clean-up,
+    /// which would hide an LND that finalizes nothing, must find nothing left), and every GET's events come.
     @Test func shutdownFinalizesEverythingPending() async throws {
         let (server, client) = try LNDNode.pair()
         defer { server.shutdown() }
-        // No match entry on the server: pushes wait for nothing, but the GETs are in flight when we stop.
+        // No match entry on the server: GETs that arrive fail with "no match"; the rest are in flight (queued,
+        // connecting, or waiting for their REPLY) when we stop.
         let eq = EventQueue(capacity: 1024)
+        var mds: Set<MDHandle> = []
         for _ in 0..<100 {
             let md = try client.lnet.bind(MemoryDescriptor(storage: .buffer(try LNetBuffer(count: 64 << 10)), threshold: .count(2), eventQueue: eq))
+            mds.insert(md)
             try client.lnet.get(md, from: server.id, portal: 51, matchBits: 1)
         }
         client.shutdown()
-        #expect(client.ni.pendingMessageCount == 0)
-        #expect(client.lnet.counters().interfaces.allSatisfy { $0.doubleFinalizations == 0 })
+        let counters = try #require(client.lnet.counters().interface(client.ni.nid))
+        #expect(counters.unfinalizedAtShutdown == 0, "the LND left \(counters.unfinalizedAtShutdown) messages for LNet to finalize")
+        #expect(counters.finalizedExactlyOnce, "\(counters)")
+        #expect(counters.messagesHandedToLND >= 100)
+        // Every GET's SEND event came; a GET whose SEND went out also got its REPLY (ok, no match, or shutdown).
+        var sends: [MDHandle: LNetEvent] = [:]
+        var replies: [MDHandle: LNetEvent] = [:]
+        while let event = eq.poll() {
+            switch event.kind {
+            case .send: sends[event.md] = event
+            case .reply: replies[event.md] = event
+            default: Issue.record("unexpected \(event)")
+            }
+        }
+        #expect(Set(sends.keys) == mds, "\(mds.count - sends.count) GETs had no SEND event")
+        for (md, send) in sends where send.status.isOK {
+            #expect(replies[md] != nil, "GET \(md) went out but got no REPLY event")
+        }
     }
 }
