@@ -23,12 +23,19 @@
 #   race          both hosts start a self-test against each other at the same moment (3 times): each side ends
 #                 with exactly one connection to the other, and both sessions succeed
 #
-# Every case checks: each lnetctl process exited by itself (no hang); the LNet accounting of every process that
-# was not killed adds up (every message handed to the LND finalized exactly once, none pending, none finalized
-# twice); "lost" = operations neither succeeded nor failed + messages not finalized = 0; every successful
-# operation was verified byte for byte (reads by the client, writes by the server).
-# Results: results/fault-suite.txt (the table, also printed) and results/fault-suite.json; the raw JSON and stderr
-# of every process under results/fault-suite/. Exit status 0 when every case passed.
+# Every case checks (scripts/fault-summary.py judges, scripts/judges-test.py tests the judge): each lnetctl process
+# the case did not kill exited by itself with the status the case expects (no hang, no crash, no SIGKILL from
+# outside - also not after printing its JSON); the LNet accounting of every process that was not killed adds up
+# (every message handed to the LND finalized exactly once, none pending, none finalized twice); attempted =
+# succeeded + failed in every round and every process ("lost" = any difference + messages not finalized = 0,
+# nothing clamped); every successful operation was verified byte for byte (reads by the client, writes by the
+# server); and the fault took effect, shown by both hosts' rxe counters (sysfs hw_counters, saved before and after
+# each case and, in the same command as the fault, right before and after it: CASE.fault-on / CASE.fault-off) or
+# by the LND's counters: netem and blackout made rxe resend (retries, out-of-sequence packets, sequence NAKs,
+# duplicates), the link down took A's port down, the race made B reject A's request.
+# Results: results/fault-suite.txt (the table with the evidence, also printed) and results/fault-suite.json; the
+# raw JSON, stderr and exit status of every process and the rxe counters under results/fault-suite/. Exit status 0
+# when every case passed.
 #
 # rxe and reordering: on these machines perftest itself (ib_read_bw/ib_write_bw -s 262144 -n 200 across the two
 # VMs) did not finish within 90 s under that netem setting; every reordered packet makes rxe's responder NAK and
@@ -114,12 +121,21 @@ if [[ ${1:-} == --orchestrate ]]; then
     finish() {   # finish NAME [SECONDS]: waits for a client to exit by itself
         wait_file "$SH/$1.rc" "${2:-180}"
     }
-    netem_both() {   # netem_both add|del [ARGS]
+    # snap NAME H: the command that saves host H's rxe counters (sysfs hw_counters, "name:value" lines) as
+    # NAME.rxe-H.txt in the shared folder; put into the same on_a/on_b command as a fault, so the snapshot is
+    # taken right before (or after) it takes effect.
+    snap() {
+        printf '(cd /sys/class/infiniband/rxe0/ports/1/hw_counters && grep . * >%s/%s.rxe-%s.txt)' "$VSH" "$1" "$2"
+    }
+    netem_both() {   # netem_both add|del [ARGS] [CASE]: with CASE, snapshots CASE.fault-on before add, CASE.fault-off after del
+        local on_a_snap='' on_b_snap=''
         if [[ $1 == add ]]; then
-            on_a "tc qdisc add dev eth0 root netem $2" && on_b "tc qdisc add dev eth0 root netem $2"
+            [[ -n ${3:-} ]] && { on_a_snap="$(snap "$3.fault-on" A); "; on_b_snap="$(snap "$3.fault-on" B); "; }
+            on_a "${on_a_snap}tc qdisc add dev eth0 root netem $2" && on_b "${on_b_snap}tc qdisc add dev eth0 root netem $2"
         else
-            on_a "tc qdisc del dev eth0 root" || true
-            on_b "tc qdisc del dev eth0 root" || true
+            [[ -n ${3:-} ]] && { on_a_snap="; $(snap "$3.fault-off" A)"; on_b_snap="; $(snap "$3.fault-off" B)"; }
+            on_a "tc qdisc del dev eth0 root${on_a_snap}" || true
+            on_b "tc qdisc del dev eth0 root${on_b_snap}" || true
         fi
     }
 
@@ -135,9 +151,9 @@ if [[ ${1:-} == --orchestrate ]]; then
                 client "$c.client" --op "$op" --mode "$mode" --size "$FS_NETEM_SIZE" --duration "${DUR}s" \
                     --rounds 2 --round-files "$VSH/$c.round" || return 1
                 sleep_s 2
-                netem_both add "$FS_NETEM" || return 1
+                netem_both add "$FS_NETEM" "$c" || return 1
                 wait_file "$SH/$c.round.done-1" 180 "$SH/$c.client.rc" || return 1
-                netem_both del
+                netem_both del "" "$c"
                 : >"$SH/$c.round.go-1"
                 finish "$c.client" || return 1
                 stop B "$c.server"
@@ -147,7 +163,9 @@ if [[ ${1:-} == --orchestrate ]]; then
                 client "$c.client" --op write --mode push --size "$FS_SIZE" --duration "${DUR}s" || return 1
                 sleep_s 3
                 note "blackout: 100% loss on B's link for 2 s"
-                on_b "tc qdisc add dev eth0 root netem loss 100%; sleep 2; tc qdisc del dev eth0 root" || return 1
+                on_a "$(snap "$c.fault-on" A)"
+                on_b "$(snap "$c.fault-on" B); tc qdisc add dev eth0 root netem loss 100% && sleep 2; tc qdisc del dev eth0 root; s=\$?; $(snap "$c.fault-off" B); exit \$s" || return 1
+                on_a "$(snap "$c.fault-off" A)"
                 finish "$c.client" || return 1
                 stop B "$c.server"
                 ;;
@@ -156,7 +174,7 @@ if [[ ${1:-} == --orchestrate ]]; then
                 client "$c.client" --op read --mode pull --size "$FS_SIZE" --duration "${DUR}s" --rounds 2 || return 1
                 sleep_s 3
                 note "link down: A's eth0 down for 2 s"
-                on_a "ip link set eth0 down; sleep 2; ip link set eth0 up" || return 1
+                on_a "$(snap "$c.fault-on" A); ip link set eth0 down && sleep 2; ip link set eth0 up; s=\$?; $(snap "$c.fault-off" A); exit \$s" || return 1
                 finish "$c.client" || return 1
                 stop B "$c.server"
                 ;;
@@ -202,7 +220,7 @@ if [[ ${1:-} == --orchestrate ]]; then
     counters() {   # counters NAME: both hosts' rxe counters into the shared folder
         local h
         for h in a b; do
-            "on_$h" "cd /sys/class/infiniband/rxe0/ports/1/hw_counters && grep . * >$VSH/$1.rxe-${h^}.txt" || true
+            "on_$h" "$(snap "$1" "${h^}")" || true
         done
     }
     for c in $FS_CASES; do
