@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Tests of the judges of the two-host runs - scripts/fault-summary.py (the fault suite) - on made-up run folders
-(no VM needed).
+"""Tests of the judges of the two-host runs - scripts/fault-summary.py (the fault suite) and scripts/soak-summary.py
+(the soak) - on made-up run folders (no VM needed).
 
 Usage: scripts/judges-test.py        (scripts/test.sh runs it; exit status 0 when every test passed)
 
 A made-up run that should pass is judged PASS; then each test breaks one thing the judge must catch (a client
 SIGKILLed from outside, a crash after the JSON, lost operations that cancel out across rounds, a fault whose
-counters never moved, a failed race, ...) and checks that the judge fails it with the right reason.
+counters never moved, a failed race, failed soak operations, a host that exited non-zero, ...) and checks that the
+judge fails it with the right reason.
 """
 import copy
 import importlib.util
@@ -27,6 +28,7 @@ def load_script(name):
 
 
 fault_summary = load_script("fault-summary")
+soak_summary = load_script("soak-summary")
 
 CASES = ["netem-read-pull", "blackout", "link-down", "server-kill", "race"]
 ZERO = {"sent_pkts": 1000, "rcvd_pkts": 1000, "duplicate_request": 0, "out_of_seq_request": 0, "rcvd_rnr_err": 0,
@@ -291,6 +293,114 @@ class FaultSuiteJudgeTests(unittest.TestCase):
         with open(out) as f:
             table = f.read()
         self.assertIn("fault suite: 4 of 5 cases passed", table)
+
+
+def soak_client(attempted, failed=0, kinds=None):
+    obj = round_(attempted, failed, kinds)
+    obj.update(passed=failed == 0, lnet=lnet(), lnd={"connections_established": 1, "timeouts": 0},
+               mb_per_s=12.5, latency_us={"p99": 2500.0})
+    return obj
+
+
+class SoakRun:
+    """A soak run folder that passes: 6 clients and a server per host, every process exited 0."""
+
+    def __init__(self, directory):
+        self.out = os.path.join(directory, "soak")
+        os.makedirs(self.out)
+        for host in "AB":
+            for i in range(6):
+                self.client(host, i, soak_client(1000 + i))
+            self.write(f"{host}.serve.json", json.dumps({"operations": 6015, "bytes": 1 << 30, "verification_failures": 0,
+                                                        "lnet": lnet(), "max_rss_kib": 200000}))
+            self.write(f"{host}.serve.rc", "0\n")
+            self.write(f"{host}.status", "0\n")
+            for label in ("start", "end"):
+                self.write(f"{host}.rss-{label}.txt", "".join(f"{100 + i} 50000\n" for i in range(7)))
+
+    def client(self, host, i, obj, rc=None):
+        self.write(f"{host}.client{i}.json", json.dumps(obj))
+        self.write(f"{host}.client{i}.rc", f"{(0 if obj.get('passed') else 1) if rc is None else rc}\n")
+
+    def write(self, name, text):
+        with open(os.path.join(self.out, name), "w") as f:
+            f.write(text)
+
+    def judge(self, allowed=0, harness=0):
+        with open(os.devnull, "w") as devnull:
+            stdout, sys.stdout = sys.stdout, devnull
+            try:
+                status = soak_summary.main([self.out, "600", str(allowed), str(harness)])
+            finally:
+                sys.stdout = stdout
+        with open(os.path.join(os.path.dirname(self.out), "soak.json")) as f:
+            return status, json.load(f)
+
+
+class SoakJudgeTests(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.run = SoakRun(self.tmp.name)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def failsWith(self, *fragments, allowed=0, harness=0):
+        status, report = self.run.judge(allowed, harness)
+        self.assertEqual(status, 1, "the soak passed")
+        self.assertFalse(report["passed"])
+        text = "\n".join(report["problems"])
+        for fragment in fragments:
+            self.assertIn(fragment, text)
+
+    def test_the_made_up_soak_passes(self):
+        status, report = self.run.judge()
+        self.assertEqual((status, report["problems"]), (0, []))
+        self.assertEqual(report["total"]["attempted"], 2 * sum(1000 + i for i in range(6)))
+
+    def test_failed_operations_fail_the_soak_at_the_default_settings(self):
+        self.run.client("B", 3, soak_client(500, failed=2, kinds={"timed out": 2}))
+        self.run.write("B.status", "1\n")
+        self.failsWith("2 operations failed with an error; SOAK_ALLOWED_ERRORS=0", harness=1)
+
+    def test_every_operation_failing_fails_the_soak(self):
+        for host in "AB":
+            for i in range(6):
+                self.run.client(host, i, soak_client(300, failed=300))
+            self.run.write(f"{host}.status", "1\n")
+        self.failsWith("3600 operations failed with an error", "host A: exit 1", harness=1)
+
+    def test_allowed_errors_are_allowed_and_no_more(self):
+        self.run.client("A", 0, soak_client(500, failed=2))
+        self.run.write("A.status", "1\n")
+        status, report = self.run.judge(allowed=2, harness=1)
+        self.assertEqual((status, report["problems"]), (0, []))
+        self.failsWith("2 operations failed with an error; SOAK_ALLOWED_ERRORS=1", allowed=1, harness=1)
+
+    def test_a_host_that_exited_non_zero_fails(self):
+        self.run.write("A.status", "1\n")
+        self.failsWith("host A: exit 1", harness=1)
+
+    def test_a_host_that_did_not_finish_fails(self):
+        os.remove(os.path.join(self.run.out, "B.status"))
+        self.failsWith("host B: did not finish its command", harness=1)
+
+    def test_a_server_that_crashed_fails(self):
+        self.run.write("A.serve.rc", "134\n")
+        self.failsWith("A server: exit 134, expected 0")
+
+    def test_a_client_killed_after_its_json_fails(self):
+        self.run.client("B", 5, soak_client(900), rc=137)
+        self.failsWith("B client 5 (write 1MiB-16MiB x4): exit 137 with passed=True")
+
+    def test_lost_operations_fail(self):
+        obj = soak_client(900)
+        obj["attempted"] += 3
+        self.run.client("A", 2, obj)
+        self.failsWith("A client 2 (read 64KiB-1MiB x28): attempted 903 != succeeded 900 + failed 0")
+
+    def test_a_harness_timeout_fails(self):
+        self.failsWith("the two-host run ended with status 124", harness=124)
 
 
 if __name__ == "__main__":

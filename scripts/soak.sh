@@ -11,13 +11,21 @@
 # operation, every byte verified - 512 operations in flight in each direction. Every process's resident memory
 # (VmRSS) is sampled 30 s after the start and 10 s before the end.
 # Prints operations completed, bytes verified, errors and the memory figures; writes results/soak.json and keeps
-# every process's output under results/soak/ (with both hosts' rxe counters). Exit status 0 when nothing was lost,
-# every successful operation was verified and every process's messages were finalized exactly once; operations
-# that failed with an error are reported (with their error kinds and the LND's timeouts), not hidden.
+# every process's output (JSON, stderr, exit status) under results/soak/ (with both hosts' rxe counters).
+#
+# The rule: at the default settings every operation must succeed. The soak passes (exit status 0) only if
+#   - both hosts ran their command to the end and exited 0, and every process exited by itself with the status its
+#     JSON implies (a client 0 when it passed, 1 when an operation failed; a server 0 after SIGTERM);
+#   - every client ran operations, and for each: attempted = succeeded + failed (nothing lost, nothing clamped),
+#     every success verified, no verification failure, every message finalized exactly once (servers too);
+#   - at most SOAK_ALLOWED_ERRORS operations (default 0) failed with an error, over all clients. Raise it only for a
+#     run at settings under which failures are expected (say why in the run's notes); the errors are always
+#     reported (error kinds, the LND's timeouts), and a client with failures still exits 1, which is then allowed.
 #
 # Uses the release build of lnetctl (built here: swift build -c release --product lnetctl).
-# Environment: SOAK_MEM (MiB per VM, default 3072), LND_* tunables (passed to every process; under emulation
-# a 16 MiB operation can take minutes when the link is saturated: LND_TIMEOUT=300 avoids timing those out).
+# Environment: SOAK_MEM (MiB per VM, default 3072), SOAK_ALLOWED_ERRORS (default 0), LND_* tunables (passed to
+# every process; under emulation a 16 MiB operation can take minutes when the link is saturated: LND_TIMEOUT=300
+# avoids timing those out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,17 +68,28 @@ if [[ ${1:-} == --host ]]; then
     sleep 30; rss start
     sleep $((duration > 45 ? duration - 40 : 5)); rss end
     status=0
-    for p in "${pids[@]}"; do wait "$p" || status=1; done
+    for i in "${!pids[@]}"; do
+        rc=0
+        wait "${pids[$i]}" || rc=$?
+        echo "$rc" >"$O/$H.client$i.rc"
+        ((rc == 0)) || status=1
+    done
     grep . /sys/class/infiniband/rxe0/ports/1/hw_counters/* | sed 's|.*/||' >"$O/$H.rxe-counters.txt"
     : >"$S/$H.clients-done"
     until [[ -e $S/A.clients-done && -e $S/B.clients-done ]]; do sleep 0.5; done
     kill -TERM "$serve"
-    wait "$serve" || status=1
+    rc=0
+    wait "$serve" || rc=$?
+    echo "$rc" >"$O/$H.serve.rc"
+    ((rc == 0)) || status=1
+    echo "$status" >"$O/$H.status"
     exit $status
 fi
 
 duration=${1:-600}
 [[ $duration =~ ^[0-9]+$ ]] && ((duration >= 60)) || { echo "soak: SECONDS must be a number, at least 60" >&2; exit 2; }
+allowed=${SOAK_ALLOWED_ERRORS:-0}
+[[ $allowed =~ ^[0-9]+$ ]] || { echo "soak: SOAK_ALLOWED_ERRORS must be a number" >&2; exit 2; }
 echo "== build (release)"
 swift build -c release --product lnetctl --quiet
 out=$PWD/results/soak
@@ -81,63 +100,7 @@ rc=0
 SOFTROCE_2HOST_MEM=${SOAK_MEM:-3072} SOFTROCE_2HOST_TIMEOUT=$((duration + 900)) SOFTROCE_2HOST_GRACE=300 \
     scripts/softroce-2host.sh \
     --a "scripts/soak.sh --host $duration $out" --b "scripts/soak.sh --host $duration $out" || rc=$?
-python3 - "$out" "$duration" <<'EOF'
-import json, os, sys
-out, duration = sys.argv[1], int(sys.argv[2])
-classes = ["read 1B-64KiB x224", "write 1B-64KiB x224", "read 64KiB-1MiB x28", "write 64KiB-1MiB x28",
-           "read 1MiB-16MiB x4", "write 1MiB-16MiB x4"]
-total = {"attempted": 0, "succeeded": 0, "failed": 0, "bytes_verified": 0, "lost": 0}
-ok = True
-rows = []
-for host in "AB":
-    for i, name in enumerate(classes):
-        try:
-            o = json.load(open(os.path.join(out, f"{host}.client{i}.json")))
-        except (OSError, ValueError):
-            rows.append(f"{host} {name:22} no result"); ok = False; continue
-        lost = o["attempted"] - o["succeeded"] - o["failed"]
-        acct = o.get("lnet", {})
-        if not acct.get("exactly_once"): lost += 1; ok = False
-        verified = o["verified_ops"] == o["succeeded"] and o["verification_failures"] == 0
-        total["attempted"] += o["attempted"]; total["succeeded"] += o["succeeded"]; total["failed"] += o["failed"]
-        total["lost"] += lost
-        if verified: total["bytes_verified"] += o["bytes"]
-        ok = ok and lost == 0 and verified
-        lnd = o.get("lnd") or {}
-        errors = ", ".join(f"{k} x{v}" for k, v in sorted(o["error_kinds"].items()))
-        rows.append(f"{host} {name:22} {o['attempted']:7} ops {o['failed']:4} failed {o['mb_per_s']:6.1f} MB/s "
-                    f"p99 {o['latency_us']['p99'] / 1000:8.1f} ms  verified {str(verified):5} "
-                    f"connections {lnd.get('connections_established')} timeouts {lnd.get('timeouts')}"
-                    + (f"  errors: {errors}" if errors else ""))
-def rss(host, label):
-    try:
-        return [int(line.split()[1]) for line in open(os.path.join(out, f"{host}.rss-{label}.txt"))]
-    except OSError:
-        return []
-print(f"soak: {duration} s, 512 in flight each way, sizes 1 B-16 MiB")
-print("\n".join(rows))
-mem = {}
-for host in "AB":
-    start, end = rss(host, "start"), rss(host, "end")
-    mem[host] = {"start_kib": start, "end_kib": end}
-    print(f"{host} RSS KiB (server, 6 clients) start {start} end {end}; "
-          f"sum {sum(start) // 1024} -> {sum(end) // 1024} MiB")
-for host in "AB":
-    try:
-        s = json.load(open(os.path.join(out, f"{host}.serve.json")))
-        print(f"{host} server: {s['operations']} operations, {s['bytes']} bytes served, {s['verification_failures']} "
-              f"verification failures, exactly once {s['lnet']['exactly_once']}, max RSS {s['max_rss_kib'] // 1024} MiB")
-        ok = ok and s["verification_failures"] == 0 and s["lnet"]["exactly_once"]
-    except (OSError, ValueError, KeyError):
-        print(f"{host} server: no result"); ok = False
-print(f"total: {total['attempted']} attempted, {total['succeeded']} succeeded, {total['failed']} failed, "
-      f"{total['lost']} lost, {total['bytes_verified']} bytes verified ({total['bytes_verified'] / 2**30:.2f} GiB)")
-json.dump({"duration_s": duration, "total": total, "rows": rows, "memory": mem, "passed": ok},
-          open(os.path.join(os.path.dirname(out), "soak.json"), "w"), indent=1)
-print("soak:", "PASS" if ok else "FAIL")
-sys.exit(0 if ok else 1)
-EOF
-judge=$?
-# The hosts exit 1 when a client saw a failed operation: those are in the report above. A harness failure or a
-# timeout (124/125) fails the soak.
-((rc != 124 && rc != 125 && judge == 0))
+judge=0
+scripts/soak-summary.py "$out" "$duration" "$allowed" "$rc" || judge=$?
+# The judge has weighed the hosts' statuses (a harness failure or a timeout, 124/125, fails the soak).
+((judge == 0))
