@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds and runs every test: the unit tests on this machine, then the device tests over a real rxe device
-# (inside the SoftRoCE VM of scripts/softroce-vm.sh when this machine has no RDMA device), then the two-host fault
-# suite (scripts/fault-suite.sh: two VMs, faults on the link and the server; each case counts as one test).
-# Fails if any test fails, or if no device test ran on the device.
+# Builds and runs every test: the unit tests on this machine, the tests of the two-host runs' judges
+# (scripts/judges-test.py), then the device tests over a real rxe device (inside the SoftRoCE VM of
+# scripts/softroce-vm.sh when this machine has no RDMA device), then the two-host fault suite
+# (scripts/fault-suite.sh: two VMs, faults on the link and the server; each case counts as one test).
+# Fails if any test fails, if no device test ran on the device, or if a device test skipped on the device without
+# being listed, with its reason, in scripts/device-skips.txt (the one place where such skips are allowed).
 #
 # Env: TEST_FILTER  extra regex passed to --filter for both runs (default: all); when set, the fault suite is
 #                   skipped unless FAULT_SUITE=1
@@ -26,6 +28,13 @@ echo "== unit tests (this machine; device tests skip here unless it has RDMA)"
 host_status=0
 "$bin" --testing-library swift-testing "${filter[@]}" --xunit-output results/host.xunit.xml || host_status=$?
 
+echo "== tests of the fault suite's and the soak's judges (scripts/judges-test.py)"
+judges_status=0
+judges_line=$(python3 scripts/judges-test.py 2>&1 | tee results/judges.txt | tail -n 1) || judges_status=$?
+read -r judges_passed judges_failed < <(sed -n 's/^judges: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' <<<"$judges_line") || true
+[[ -n ${judges_passed:-} ]] || { judges_passed=0 judges_failed=1; }
+((judges_status == 0)) || cat results/judges.txt
+
 echo "== device tests over rxe (scripts/softroce-vm.sh)"
 device_status=0
 scripts/softroce-vm.sh -- env RDMA_REQUIRE_DEVICE=1 "$bin" --testing-library swift-testing \
@@ -42,9 +51,23 @@ fi
 
 read -r host_passed host_failed host_skipped < <(scripts/count-xunit.py results/host.xunit.xml 2>/dev/null || echo "0 1 0")
 read -r dev_passed dev_failed dev_skipped < <(scripts/count-xunit.py results/device.xunit.xml 2>/dev/null || echo "0 1 0")
+# On the device nothing may skip unless scripts/device-skips.txt lists it with its reason.
+skip_status=0 skip_report=''
+if [[ -f results/device.xunit.xml ]]; then
+    skip_report=$(scripts/count-xunit.py --check-skips scripts/device-skips.txt results/device.xunit.xml 2>&1) || skip_status=1
+fi
 echo "== summary"
 echo "machine: $host_passed passed, $host_failed failed, $host_skipped skipped (exit $host_status)"
+echo "judges: $judges_passed passed, $judges_failed failed (exit $judges_status)"
 echo "device (rxe): $dev_passed passed, $dev_failed failed, $dev_skipped skipped (exit $device_status)"
+[[ -n $skip_report ]] && sed 's/^/  /' <<<"$skip_report"
+unlisted_skips=0
+if ((skip_status)); then
+    echo "FAIL: device tests skipped on the rxe device without being listed in scripts/device-skips.txt (or an entry has no reason)" >&2
+    device_status=1
+    unlisted_skips=$(grep -c -e '^skipped, not in' -e '^allow-list entry without a reason' <<<"$skip_report" || true)
+    ((unlisted_skips > 0)) || unlisted_skips=1
+fi
 if ((run_faults)); then
     echo "fault suite (two rxe hosts): $fault_passed of $fault_total cases passed (exit $fault_status)"
 fi
@@ -52,7 +75,8 @@ if ((dev_passed == 0)); then
     echo "FAIL: no device test ran on the rxe device" >&2
     device_status=1
 fi
-total_passed=$((host_passed + dev_passed + fault_passed))
-total_failed=$((host_failed + dev_failed + fault_total - fault_passed))
+total_passed=$((host_passed + judges_passed + dev_passed + fault_passed))
+# (a device test that skipped without being listed counts as failed)
+total_failed=$((host_failed + judges_failed + dev_failed + unlisted_skips + fault_total - fault_passed))
 echo "tests: $total_passed passed, $total_failed failed" | tee results/summary.txt
-((host_status == 0 && device_status == 0 && fault_status == 0 && total_failed == 0))
+((host_status == 0 && judges_status == 0 && device_status == 0 && fault_status == 0 && total_failed == 0))

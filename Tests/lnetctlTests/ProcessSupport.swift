@@ -34,6 +34,7 @@ enum LnetctlBinary {
     }
 
     static func start(_ arguments: [String], environment extra: [String: String] = [:]) throws -> (Process, Pipe, Pipe) {
+        try #require(exists, "no lnetctl at \(url.path) (swift build builds it; LNETCTL_BINARY names another)")
         let process = Process()
         process.executableURL = url
         process.arguments = arguments
@@ -73,7 +74,11 @@ enum LnetctlBinary {
 }
 
 extension Trait where Self == ConditionTrait {
-    static var needsBinary: Self {
-        .enabled(if: LnetctlBinary.exists, "lnetctl is not built next to the test bundle (swift build builds it)")
+    /// Skips the suite when lnetctl is not built - unless `required`: the device suites inside the SoftRoCE VM
+    /// (`RDMA_REQUIRE_DEVICE=1`) must fail then, not skip.
+    static func needsBinary(unlessRequired required: Bool) -> Self {
+        .enabled(if: LnetctlBinary.exists || required, "lnetctl is not built next to the test bundle (swift build builds it)")
     }
+
+    static var needsBinary: Self { needsBinary(unlessRequired: false) }
 }
