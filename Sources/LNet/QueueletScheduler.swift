@@ -57,6 +57,8 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
     private let submitted = Atomic<Int>(0)
     private let handoffs = Atomic<Int>(0)
     private let partialHandoffs = Atomic<Int>(0)
+    private let deadlineHandoffs = Atomic<Int>(0)
+    private let lateHandoffs = Atomic<Int>(0)
     private let discarded = Atomic<Int>(0)
     private let defaultProducer = Mutex<QueueletProducer<Item>?>(nil)
     private let logger: Logger
@@ -76,6 +78,9 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
         self.handler = handler
         self.logger = logger ?? Logger(label: "lnet.queuelet", factory: { _ in SwiftLogNoOpLogHandler() })
         self.partitions = (0..<configuration.partitions.count).map { Partition(index: $0) }
+        // The ticker's first pass is due one tick from now: no producer exists yet, so none of its queuelets can
+        // be overdue before then, however late the ticker thread gets to run.
+        let firstPass = ContinuousClock.now + configuration.deadlineTick
         var started: [ServiceThread] = []
         do {
             for partition in partitions {
@@ -86,7 +91,7 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
                 }
             }
             if configuration.batchSize > 1 {
-                started.append(try ServiceThread(name: "\(name.prefix(8))-tick") { [self] in tickLoop() })
+                started.append(try ServiceThread(name: "\(name.prefix(8))-tick") { [self] in tickLoop(firstPass: firstPass) })
             }
         } catch {
             stopping.store(true, ordering: .releasing)
@@ -133,6 +138,8 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
             handled: partitions.reduce(0) { $0 + $1.handled.load(ordering: .relaxed) },
             handoffs: handoffs.load(ordering: .relaxed),
             partialHandoffs: partialHandoffs.load(ordering: .relaxed),
+            deadlineHandoffs: deadlineHandoffs.load(ordering: .relaxed),
+            lateHandoffs: lateHandoffs.load(ordering: .relaxed),
             handledPerPartition: partitions.map { $0.handled.load(ordering: .relaxed) },
             discarded: discarded.load(ordering: .relaxed))
     }
@@ -178,6 +185,12 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
         partitions[partition].staging.withLock { $0.append(items) }
         handoffs.add(1, ordering: .relaxed)
         if partial { partialHandoffs.add(1, ordering: .relaxed) }
+    }
+
+    /// Counts a partial queuelet the deadline ticker handed over (see ``QueueletStatistics/lateHandoffs``).
+    func noteDeadlineHandoff(late: Bool) {
+        deadlineHandoffs.add(1, ordering: .relaxed)
+        if late { lateHandoffs.add(1, ordering: .relaxed) }
     }
 
     func wake(_ partition: Int) {
@@ -252,16 +265,27 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
         }
     }
 
-    private func tickLoop() {
+    /// Every pass hands over the partial queuelets older than the bound, and schedules the next pass one tick
+    /// after the moment it took as "now" (not after its own work), so that a queuelet it left - not yet overdue
+    /// then - is overdue no earlier than one tick before the next pass is due. A pass that hands over a queuelet
+    /// whose deadline came more than a tick before the pass was due counts it late: that is the scheduler's
+    /// fault (an overdue queuelet left behind, or passes scheduled too far apart), while the ticker thread
+    /// running late, as on a loaded machine, is not.
+    private func tickLoop(firstPass: ContinuousClock.Instant) {
         let delay = configuration.maxBatchDelay
-        let tick = max(delay / 2, .microseconds(50))
-        let components = tick.components
-        let nanoseconds = Int(components.seconds) * 1_000_000_000 + Int(components.attoseconds / 1_000_000_000)
+        let tick = configuration.deadlineTick
+        var due = firstPass
         while !stopping.load(ordering: .acquiring) {
             // Shutdown signals the semaphore, so a long tick never delays it.
-            _ = tickWakeup.wait(timeout: .now() + .nanoseconds(nanoseconds))
-            let cutoff = ContinuousClock.now - delay
-            for producer in liveProducers() { producer.flush(startedBefore: cutoff) }
+            let wait = due - ContinuousClock.now
+            if wait > .zero {
+                let components = wait.components
+                let nanoseconds = Int(components.seconds) * 1_000_000_000 + Int(components.attoseconds / 1_000_000_000)
+                _ = tickWakeup.wait(timeout: .now() + .nanoseconds(nanoseconds))
+            }
+            let now = ContinuousClock.now
+            for producer in liveProducers() { producer.flush(startedBefore: now - delay, passDue: due, tick: tick) }
+            due = now + tick
         }
     }
 }
@@ -308,15 +332,20 @@ public final class QueueletProducer<Item: Sendable>: Sendable {
         flush(startedBefore: nil)
     }
 
-    /// Hands over partial queuelets whose first item arrived before `cutoff` (all of them when `nil`).
-    func flush(startedBefore cutoff: ContinuousClock.Instant?) {
+    /// Hands over partial queuelets whose first item arrived before `cutoff` (all of them when `nil`). The
+    /// deadline ticker also passes when the pass was due and its tick, to count late hand-offs.
+    func flush(startedBefore cutoff: ContinuousClock.Instant?, passDue: ContinuousClock.Instant? = nil,
+               tick: Duration = .zero) {
+        let delay = scheduler.configuration.maxBatchDelay
         let woken = pending.withLock { queuelets -> [Int] in
             var woken: [Int] = []
             for index in queuelets.indices where !queuelets[index].items.isEmpty {
                 if let cutoff, queuelets[index].startedAt >= cutoff { continue }
                 let items = queuelets[index].items
+                let deadline = queuelets[index].startedAt + delay
                 queuelets[index].items = []
                 scheduler.handOff(items, to: index, partial: true)
+                if let passDue { scheduler.noteDeadlineHandoff(late: passDue - deadline > tick) }
                 woken.append(index)
             }
             return woken
