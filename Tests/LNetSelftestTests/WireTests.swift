@@ -95,22 +95,45 @@ import Testing
         #expect(throws: SelftestWireError.self) { try SessionReply(decoding: truncatedText) }
     }
 
-    @Test func randomBytesNeverCrashTheDecoders() {
+    /// Damaged and truncated messages: every decoder either throws or returns a value that survives a re-encode;
+    /// the four message types never decode as each other; an undamaged message decodes to what was sent, and
+    /// one cut short decodes as nothing.
+    @Test func randomBytesDecodeConsistently() {
         var generator = SystemRandomNumberGenerator()
-        let valid = [SessionRequest(kind: .setup, session: 5, op: .write, size: 9, concurrency: 2, verify: true).encoded(),
-                     SessionReply(kind: .ready, session: 5, status: .ok, message: "x").encoded(),
-                     Verdict(session: 5, slot: 1, sequence: 2, status: .ok).encoded(),
-                     NodeInfo(nid: .loopback, pid: 1, startedNanoseconds: 2).encoded()]
+        let request = SessionRequest(kind: .setup, session: 5, op: .write, size: 9, concurrency: 2, verify: true)
+        let reply = SessionReply(kind: .ready, session: 5, status: .ok, message: "x")
+        let verdict = Verdict(session: 5, slot: 1, sequence: 2, status: .ok)
+        let info = NodeInfo(nid: .loopback, pid: 1, startedNanoseconds: 2)
+        let valid = [request.encoded(), reply.encoded(), verdict.encoded(), info.encoded()]
+        var decodedCount = 0, rejectedCount = 0
         for _ in 0..<2000 {
-            var bytes = valid.randomElement(using: &generator)!
+            let which = Int.random(in: 0..<valid.count, using: &generator)
+            let original = valid[which]
+            var bytes = original
             let flips = Int.random(in: 0...4, using: &generator)
-            for _ in 0..<flips where !bytes.isEmpty { bytes[Int.random(in: 0..<bytes.count, using: &generator)] = .random(in: 0...255, using: &generator) }
+            for _ in 0..<flips { bytes[Int.random(in: 0..<bytes.count, using: &generator)] = .random(in: 0...255, using: &generator) }
             if Bool.random(using: &generator) { bytes = Array(bytes.prefix(Int.random(in: 0...bytes.count, using: &generator))) }
-            _ = try? SessionRequest(decoding: bytes)
-            _ = try? SessionReply(decoding: bytes)
-            _ = try? Verdict(decoding: bytes)
-            _ = try? NodeInfo(decoding: bytes)
+            let truncated = bytes.count < original.count
+
+            // Each decoder: nil if it threw, else whether its value survived encoding and decoding again, and
+            // whether it is the message that was sent.
+            var outcomes: [(roundTrips: Bool, isOriginal: Bool)?] = []
+            outcomes.append((try? SessionRequest(decoding: bytes)).map { (try? SessionRequest(decoding: $0.encoded())) == $0 ? (true, $0 == request) : (false, false) })
+            outcomes.append((try? SessionReply(decoding: bytes)).map { (try? SessionReply(decoding: $0.encoded())) == $0 ? (true, $0 == reply) : (false, false) })
+            outcomes.append((try? Verdict(decoding: bytes)).map { (try? Verdict(decoding: $0.encoded())) == $0 ? (true, $0 == verdict) : (false, false) })
+            outcomes.append((try? NodeInfo(decoding: bytes)).map { (try? NodeInfo(decoding: $0.encoded())) == $0 ? (true, $0 == info) : (false, false) })
+            let decoded = outcomes.indices.filter { outcomes[$0] != nil }
+            decodedCount += decoded.count
+            rejectedCount += outcomes.count - decoded.count
+            #expect(decoded.count <= 1, "\(bytes) decodes as \(decoded.count) message types")
+            for index in decoded { #expect(outcomes[index]?.roundTrips == true, "decoder \(index): \(bytes) does not survive a re-encode") }
+            if flips == 0 && truncated {
+                #expect(decoded.isEmpty, "\(bytes.count) of \(original.count) bytes decoded")
+            } else if flips == 0 {
+                #expect(decoded == [which] && outcomes[which]?.isOriginal == true, "undamaged message \(which) decodes as \(decoded)")
+            }
         }
+        #expect(decodedCount > 0 && rejectedCount > 0, "\(decodedCount) decoded, \(rejectedCount) rejected")
     }
 
     @Test func matchBitsKeepKindAndSessionApart() {

@@ -57,16 +57,45 @@ import Testing
         #expect(throws: LNetHeader.CodingError.bufferTooSmall(10)) { try header.encode(into: raw) }
     }
 
-    @Test func randomBytesNeverCrash() {
+    /// Random bytes, many with a valid start: a header decodes exactly when the documented checks pass (size,
+    /// magic, version, type, flags), throws the error that names the first check that fails otherwise, and what
+    /// decodes re-encodes to the same 96 bytes (an unknown status code reads as `failed`).
+    @Test func randomBytesDecodeExactlyWhenValid() {
         var generator = SystemRandomNumberGenerator()
-        var decoded = 0
+        var decoded = 0, rejected = 0
         for _ in 0..<2000 {
             var bytes = (0..<Int.random(in: 0...120, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
-            if bytes.count >= 8, Bool.random(using: &generator) {
-                bytes.replaceSubrange(0..<8, with: [0x54, 0x45, 0x4E, 0x4C, 1, 0, UInt8.random(in: 0...5), 0])
+            if Bool.random(using: &generator) {
+                if Bool.random(using: &generator) { bytes += [UInt8](repeating: 0, count: max(0, 96 - bytes.count)) }
+                let flags: UInt8 = [0, 1, .random(in: 0...255, using: &generator)].randomElement(using: &generator)!
+                let start: [UInt8] = [0x54, 0x45, 0x4E, 0x4C, 1, 0, UInt8.random(in: 0...5, using: &generator), flags]
+                bytes.replaceSubrange(0..<min(8, bytes.count), with: start.prefix(bytes.count))
             }
-            if (try? LNetHeader(decoding: bytes)) != nil { decoded += 1 }
+            func u32(_ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(bytes[at + $1]) << (8 * $1) } }
+            let expected: LNetHeader.CodingError? = {
+                guard bytes.count >= LNetHeader.encodedSize else { return .tooShort(bytes.count) }
+                guard u32(0) == LNetHeader.magic else { return .badMagic(u32(0)) }
+                let version = UInt16(bytes[4]) | UInt16(bytes[5]) << 8
+                guard version == 1 else { return .unsupportedVersion(version) }
+                guard (1...4).contains(bytes[6]) else { return .unknownType(bytes[6]) }
+                guard bytes[7] & ~1 == 0 else { return .unknownFlags(bytes[7]) }
+                return nil
+            }()
+            do throws(LNetHeader.CodingError) {
+                let header = try LNetHeader(decoding: bytes)
+                decoded += 1
+                #expect(expected == nil, "decoded although \(expected.map { "\($0)" } ?? "")")
+                var again = header.encoded()
+                if LNetStatus(rawValue: u32(44)) == nil {
+                    #expect(header.status == .failed)
+                    again.replaceSubrange(44..<48, with: bytes[44..<48])
+                }
+                #expect(again == Array(bytes.prefix(LNetHeader.encodedSize)), "\(header) re-encodes differently")
+            } catch {
+                rejected += 1
+                #expect(error == expected, "threw \(error), expected \(expected.map { "\($0)" } ?? "a decoded header")")
+            }
         }
-        #expect(decoded >= 0)
+        #expect(decoded > 0 && rejected > 0, "\(decoded) decoded, \(rejected) rejected")
     }
 }
