@@ -80,11 +80,13 @@ let package = Package(
         .executableTarget(name: "LNetCoreBench", dependencies: ["LNet"], path: "Benchmarks/LNetCoreBench"),
         // Instructions per message, counted by Benchmarks/callgrind.sh under valgrind.
         .executableTarget(name: "LNetInstructionBench", dependencies: ["LNet", "RDMALND"], path: "Benchmarks/LNetInstructionBench"),
-        // The fuzz target of the wire and handshake parsers (scripts/fuzz.sh builds it with libFuzzer).
-        .executableTarget(name: "WireFuzz", dependencies: ["RDMALND", "LNet"], path: "Fuzz/WireFuzz"),
+        // The fuzz target of the wire and handshake parsers (scripts/fuzz.sh builds it with libFuzzer); its
+        // invariants are a library of their own, so that the tests replay the corpus through the same checks.
+        .target(name: "WireFuzzChecks", dependencies: ["RDMALND", "LNet"], path: "Fuzz/WireFuzzChecks"),
+        .executableTarget(name: "WireFuzz", dependencies: ["WireFuzzChecks"], path: "Fuzz/WireFuzz"),
         .testTarget(name: "VerbsTests", dependencies: ["Verbs"]),
         .testTarget(name: "LNetTests", dependencies: ["LNet"]),
-        .testTarget(name: "RDMALNDTests", dependencies: ["RDMALND", "Verbs", "LNet"]),
+        .testTarget(name: "RDMALNDTests", dependencies: ["RDMALND", "Verbs", "LNet", "WireFuzzChecks"]),
         .testTarget(name: "LNetSelftestTests", dependencies: ["LNetSelftest", "LNet"]),
         .testTarget(name: "lnetctlTests", dependencies: [
             "LNetControl", "LNetSelftest", "LNet", "RDMALND",
