@@ -58,8 +58,9 @@ import Testing
     @Test func shutdownFinalizesEverythingPending() async throws {
         let (server, client) = try LNDNode.pair()
         defer { server.shutdown() }
-        // No match entry on the server: GETs that arrive fail with "no match"; the rest are in flight (queued,
-        // connecting, or waiting for their REPLY) when we stop.
+        // The server holds every GET on a lazy portal (no match entry comes): the first queue-depth ones are open
+        // transactions, waiting for their REPLY, the rest wait in the connection's queue, when we stop.
+        server.lnet.setLazy(portal: 51, true)
         let eq = EventQueue(capacity: 1024)
         var mds: Set<MDHandle> = []
         for _ in 0..<100 {
@@ -67,6 +68,10 @@ import Testing
             mds.insert(md)
             try client.lnet.get(md, from: server.id, portal: 51, matchBits: 1)
         }
+        // Stop once the server holds some of them (so some are open transactions, not only queued sends).
+        let deadline = ContinuousClock.now + .seconds(20)
+        while server.lnet.delayedCount(portal: 51) == 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(server.lnet.delayedCount(portal: 51) > 0)
         client.shutdown()
         let counters = try #require(client.lnet.counters().interface(client.ni.nid))
         #expect(counters.unfinalizedAtShutdown == 0, "the LND left \(counters.unfinalizedAtShutdown) messages for LNet to finalize")
