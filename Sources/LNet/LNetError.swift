@@ -1,4 +1,7 @@
 /// Errors thrown by the LNet API. Each case describes itself in plain words.
+///
+/// A failure that came from below LNet (a verbs call, an LND's tunables, the OS) keeps that error as its
+/// ``cause``: `error.cause(as: VerbsError.self)?.errno` reads the failed call's errno without parsing text.
 public enum LNetError: Error, Sendable, Equatable, CustomStringConvertible {
     /// Text that should have been a NID was not.
     case invalidNID(text: String, reason: String)
@@ -12,8 +15,9 @@ public enum LNetError: Error, Sendable, Equatable, CustomStringConvertible {
     case networkUnreachable(destination: NID)
     /// Two interfaces were configured on one network.
     case duplicateNetwork(LNetNetwork)
-    /// An LND failed to start.
-    case lndStartupFailed(network: LNetNetwork, reason: String)
+    /// An LND could not be made or failed to start; `cause` is the error it threw, when it threw one (a
+    /// `VerbsError` from the RDMA LND, a `TunableError` from its configuration).
+    case lndStartupFailed(network: LNetNetwork, reason: String, cause: Cause? = nil)
     /// A handle named an MD or ME that does not exist (never did, or already unlinked).
     case invalidHandle(String)
     /// The MD cannot take part in another operation: its threshold is used up.
@@ -26,6 +30,17 @@ public enum LNetError: Error, Sendable, Equatable, CustomStringConvertible {
     case shutdown
     /// A bounded wait ended before the thing waited for happened.
     case timeout
+    /// The task waiting was cancelled (an awaitable operation's MD was unlinked first).
+    case cancelled
+    /// An operation completed with a failure: `status` is what its `event` (SEND for a local or transport
+    /// failure, ACK or REPLY for the target's answer) reported.
+    case operationFailed(status: LNetStatus, event: LNetEventKind)
+    /// Events were lost: a polled queue was full and discarded its oldest `count` events since the consumer's
+    /// last take (``EventQueue/events``).
+    case eventsDropped(count: Int)
+    /// ``EventQueue/poll()``, ``EventQueue/next(timeout:)`` or ``EventQueue/events`` on a queue that hands its
+    /// events to a handler: taking them there would steal them from it.
+    case eventQueueNotPolled(label: String, delivery: String)
 
     public var description: String {
         switch self {
@@ -35,13 +50,61 @@ public enum LNetError: Error, Sendable, Equatable, CustomStringConvertible {
         case .invalidNetworkList(let text, let reason): return "invalid network list '\(text)': \(reason)"
         case .networkUnreachable(let nid): return "no network interface for network '\(nid.network)' (destination \(nid))"
         case .duplicateNetwork(let net): return "network '\(net)' is configured more than once"
-        case .lndStartupFailed(let net, let reason): return "LND for '\(net)' failed to start: \(reason)"
+        case .lndStartupFailed(let net, let reason, _): return "LND for '\(net)' failed to start: \(reason)"
         case .invalidHandle(let what): return "invalid handle: \(what)"
         case .mdExhausted(let handle): return "memory descriptor \(handle) has no threshold left"
         case .invalidMemoryDescriptor(let reason): return "invalid memory descriptor: \(reason)"
         case .invalidArgument(let reason): return "invalid argument: \(reason)"
         case .shutdown: return "LNet is shutting down"
         case .timeout: return "timed out"
+        case .cancelled: return "cancelled"
+        case .operationFailed(let status, let event): return "the operation failed: its \(event) event reported '\(status)'"
+        case .eventsDropped(let count): return "\(count) event\(count == 1 ? " was" : "s were") dropped: the event queue was full"
+        case .eventQueueNotPolled(let label, let delivery):
+            return "event queue '\(label)' delivers its events to a \(delivery) handler; only a polled queue can be polled or iterated"
+        }
+    }
+
+    /// The error underneath an ``LNetError``: what an LND, a driver or a configuration reader threw.
+    ///
+    /// Two causes are equal when they hold errors of the same type that describe themselves alike.
+    public struct Cause: Sendable, Equatable, CustomStringConvertible {
+        /// The error as thrown.
+        public let error: any Error
+
+        public init(_ error: any Error) { self.error = error }
+
+        public var description: String { "\(error)" }
+
+        public static func == (a: Cause, b: Cause) -> Bool {
+            ObjectIdentifier(type(of: a.error)) == ObjectIdentifier(type(of: b.error)) && "\(a.error)" == "\(b.error)"
+        }
+    }
+
+    /// The error this one wraps, if any.
+    public var cause: (any Error)? {
+        if case .lndStartupFailed(_, _, let cause?) = self { return cause.error }
+        return nil
+    }
+
+    /// The first error of type `type` along the chain of causes (this error's cause, its cause's cause, ...):
+    /// `error.cause(as: VerbsError.self)` gives the verbs call and errno behind a failed start-up.
+    public func cause<T: Error>(as type: T.Type) -> T? {
+        var next = cause
+        while let error = next {
+            if let match = error as? T { return match }
+            next = (error as? LNetError)?.cause
+        }
+        return nil
+    }
+
+    /// Wraps an error an LND (or its factory) threw for `network`: an ``LNetError`` stays as it is, anything else
+    /// becomes ``lndStartupFailed(network:reason:cause:)`` with the error as its cause.
+    public init(lndFailure error: any Error, network: LNetNetwork) {
+        if let error = error as? LNetError {
+            self = error
+        } else {
+            self = .lndStartupFailed(network: network, reason: "\(error)", cause: Cause(error))
         }
     }
 }

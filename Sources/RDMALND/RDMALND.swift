@@ -49,7 +49,7 @@ public final class RDMALND: LNetLND {
         } catch let error as LNetError {
             throw error
         } catch {
-            throw LNetError.lndStartupFailed(network: configuration.network, reason: "\(error)")
+            throw LNetError.lndStartupFailed(network: configuration.network, reason: "\(error)", cause: .init(error))
         }
     }
 
@@ -58,7 +58,7 @@ public final class RDMALND: LNetLND {
             let started = try LNDRuntime(ni: ni, tunables: tunables, logger: baseLogger, expectedDevice: deviceName(for: ni.configuration))
             runtime.withLock { $0 = started }
         } catch {
-            throw LNetError.lndStartupFailed(network: ni.network, reason: "\(error)")
+            throw LNetError.lndStartupFailed(network: ni.network, reason: "\(error)", cause: .init(error))
         }
     }
 
