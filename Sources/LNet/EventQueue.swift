@@ -7,7 +7,9 @@ import Synchronization
 /// Each queue has its own lock, so many queues take and deliver events concurrently; no LNet-wide lock is ever held
 /// while application code runs. A queue delivers in one of four ways:
 ///
-/// - ``Delivery/polled``: events wait in the queue for ``poll()`` or ``next(timeout:)``.
+/// - ``Delivery/polled``: events wait in the queue for ``poll()``, ``next(timeout:)`` or a `for try await` loop
+///   over ``events``. A waiting consumer is handed the next event directly; when nobody waits, up to ``capacity``
+///   events are kept and, on overflow, the oldest is discarded and counted (``overflowCount``).
 /// - ``Delivery/callback(_:)``: the handler runs on the queue's own serial dispatch queue, in event order, never on
 ///   the thread that moves messages. A slow handler delays only this queue's later events.
 /// - ``Delivery/inline(_:)``: opt-in low latency. The handler runs on the thread that completed the operation (an
@@ -15,6 +17,9 @@ import Synchronization
 ///   down that thread, so use it only for handlers that just record a status.
 /// - ``Delivery/scheduler(_:)``: events are handed to a ``QueueletScheduler`` in batches, placed on CPU partitions
 ///   by peer NID hash or by the hints the initiator sent, and handled in per-peer order by service threads.
+///
+/// Only a polled queue can be polled or iterated: on any other, ``poll()``, ``next(timeout:)`` and ``events`` throw
+/// ``LNetError/eventQueueNotPolled(label:delivery:)`` rather than take events from under its handler.
 ///
 /// Handlers are for notification, but may re-enter LNet (unlink an MD, start a Put, drop the last reference to a
 /// request) without deadlock.
@@ -25,15 +30,42 @@ public final class EventQueue: Sendable {
         case callback(@Sendable (LNetEvent) -> Void)
         case inline(@Sendable (LNetEvent) -> Void)
         case scheduler(QueueletScheduler<LNetEvent>)
+
+        var name: String {
+            switch self {
+            case .polled: "polled"
+            case .callback: "callback"
+            case .inline: "inline"
+            case .scheduler: "scheduler"
+            }
+        }
+    }
+
+    /// How a wait for an event ended.
+    enum WaitOutcome: Sendable {
+        case event(LNetEvent)
+        case timedOut
+        case cancelled
     }
 
     private struct State {
         var events: Deque<LNetEvent> = []
-        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        /// Consumers parked for an event (only while `events` is empty), and their arrival order; ids of waiters
+        /// that left early stay in `order` until they surface or are compacted away.
+        var waiters: [UInt64: CheckedContinuation<WaitOutcome, Never>] = [:]
+        var order: Deque<UInt64> = []
+        /// Waiters whose task was cancelled before they parked.
+        var cancelledEarly: Set<UInt64> = []
         var nextWaiter: UInt64 = 0
         var drainScheduled = false
         var overflowed = 0
         var posted = 0
+
+        mutating func removeWaiter(_ id: UInt64) -> CheckedContinuation<WaitOutcome, Never>? {
+            let waiter = waiters.removeValue(forKey: id)
+            if order.count > 32, order.count > 2 * waiters.count { order = Deque(order.filter { waiters[$0] != nil }) }
+            return waiter
+        }
     }
 
     /// A label for logs.
@@ -78,41 +110,86 @@ public final class EventQueue: Sendable {
     public var overflowCount: Int { state.withLock { $0.overflowed } }
     /// Events waiting in a polled (or not yet drained callback) queue.
     public var pendingCount: Int { state.withLock { $0.events.count } }
+    /// Consumers parked in ``next(timeout:)`` or an ``events`` loop.
+    var waiterCount: Int { state.withLock { $0.waiters.count } }
 
-    /// Takes the oldest waiting event of a polled queue, if any.
-    public func poll() -> LNetEvent? {
-        state.withLock { $0.events.popFirst() }
-    }
-
-    /// Waits up to `timeout` for the next event of a polled queue.
-    public func next(timeout: Duration) async throws(LNetError) -> LNetEvent {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            if let event = poll() { return event }
-            if ContinuousClock.now >= deadline { throw LNetError.timeout }
-            let id = state.withLock { state -> UInt64 in
-                state.nextWaiter += 1
-                return state.nextWaiter
-            }
-            let timer = Task { [weak self] in
-                try? await Task.sleep(until: deadline, clock: .continuous)
-                self?.wake(id)
-            }
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let parked = state.withLock { state -> Bool in
-                    guard state.events.isEmpty else { return false }
-                    state.waiters[id] = continuation
-                    return true
-                }
-                if !parked { continuation.resume() }
-            }
-            timer.cancel()
+    /// Whether this queue is polled; throws the error that says why not.
+    func requirePolled() throws(LNetError) {
+        guard case .polled = delivery else {
+            throw LNetError.eventQueueNotPolled(label: label, delivery: delivery.name)
         }
     }
 
-    private func wake(_ id: UInt64) {
-        let continuation = state.withLock { $0.waiters.removeValue(forKey: id) }
-        continuation?.resume()
+    /// Takes the oldest waiting event of a polled queue, if any. Throws
+    /// ``LNetError/eventQueueNotPolled(label:delivery:)`` on a queue that delivers to a handler.
+    public func poll() throws(LNetError) -> LNetEvent? {
+        try requirePolled()
+        return state.withLock { $0.events.popFirst() }
+    }
+
+    /// Waits up to `timeout` for the next event of a polled queue. Throws ``LNetError/timeout`` when none came,
+    /// ``LNetError/cancelled`` when the waiting task is cancelled, and
+    /// ``LNetError/eventQueueNotPolled(label:delivery:)`` on a queue that delivers to a handler.
+    ///
+    /// The deadline is kept by one timer shared by every wait in the process: a wait costs no `Task`.
+    public func next(timeout: Duration) async throws(LNetError) -> LNetEvent {
+        try requirePolled()
+        switch await waitForEvent(deadline: ContinuousClock.now + timeout) {
+        case .event(let event): return event
+        case .timedOut: throw LNetError.timeout
+        case .cancelled: throw LNetError.cancelled
+        }
+    }
+
+    /// Events dropped since `seen` (which it advances), as the error a sequence consumer gets.
+    func takeDrops(since seen: inout Int) -> LNetError? {
+        let overflowed = state.withLock { $0.overflowed }
+        guard overflowed > seen else { return nil }
+        defer { seen = overflowed }
+        return LNetError.eventsDropped(count: overflowed - seen)
+    }
+
+    /// The next event of a polled queue, waiting until `deadline` (nil: for ever) or the task's cancellation.
+    func waitForEvent(deadline: ContinuousClock.Instant?) async -> WaitOutcome {
+        if let event = state.withLock({ $0.events.popFirst() }) { return .event(event) }
+        if Task.isCancelled { return .cancelled }
+        if let deadline, ContinuousClock.now >= deadline { return .timedOut }
+        let id = state.withLock { state -> UInt64 in
+            state.nextWaiter += 1
+            return state.nextWaiter
+        }
+        var token: DeadlineTimer.Token?
+        let outcome = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<WaitOutcome, Never>) in
+                let immediate = state.withLock { state -> WaitOutcome? in
+                    if let event = state.events.popFirst() { return .event(event) }
+                    if state.cancelledEarly.remove(id) != nil { return .cancelled }
+                    state.waiters[id] = continuation
+                    state.order.append(id)
+                    return nil
+                }
+                if let immediate {
+                    continuation.resume(returning: immediate)
+                } else if let deadline {
+                    token = DeadlineTimer.shared.schedule(at: deadline) { [weak self] in self?.wake(id, .timedOut) }
+                }
+            }
+        } onCancel: {
+            let parked = state.withLock { state -> CheckedContinuation<WaitOutcome, Never>? in
+                if let waiter = state.removeWaiter(id) { return waiter }
+                state.cancelledEarly.insert(id)
+                return nil
+            }
+            parked?.resume(returning: .cancelled)
+        }
+        if let token { DeadlineTimer.shared.cancel(token) }
+        state.withLock { _ = $0.cancelledEarly.remove(id) }
+        return outcome
+    }
+
+    private func wake(_ id: UInt64, _ outcome: WaitOutcome) {
+        let waiter = state.withLock { $0.removeWaiter(id) }
+        waiter?.resume(returning: outcome)
     }
 
     /// Adds an event. Called by the core, possibly while it holds its own lock (lock order: core, then queue), so
@@ -121,19 +198,20 @@ public final class EventQueue: Sendable {
     func post(_ event: LNetEvent) -> Bool {
         switch delivery {
         case .polled:
-            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            // A parked consumer takes the event directly (consumers park only while no event waits).
+            let waiter = state.withLock { state -> CheckedContinuation<WaitOutcome, Never>? in
                 state.posted += 1
+                while let id = state.order.popFirst() {
+                    if let waiter = state.waiters.removeValue(forKey: id) { return waiter }
+                }
                 if state.events.count >= capacity {
                     state.events.removeFirst()
                     state.overflowed += 1
                 }
                 state.events.append(event)
-                guard !state.waiters.isEmpty else { return [] }
-                let all = Array(state.waiters.values)
-                state.waiters.removeAll()
-                return all
+                return nil
             }
-            for waiter in waiters { waiter.resume() }
+            waiter?.resume(returning: .event(event))
             return false
         case .callback(let handler):
             let schedule = state.withLock { state -> Bool in

@@ -10,7 +10,7 @@ import Testing
         let (lnet, _) = try makeLoopbackNode()
         defer { lnet.shutdown() }
         let eq = EventQueue(label: "polled")
-        #expect(eq.poll() == nil)
+        #expect(try eq.poll() == nil)
         await #expect(throws: LNetError.timeout) { try await eq.next(timeout: .milliseconds(20)) }
         let md = try lnet.bind(MemoryDescriptor(storage: .none, eventQueue: eq))
         try lnet.unlink(md)
@@ -26,8 +26,8 @@ import Testing
         let mds = try (0..<3).map { _ in try lnet.bind(MemoryDescriptor(storage: .none, eventQueue: eq)) }
         for md in mds { try lnet.unlink(md) }
         #expect(eq.overflowCount == 1)
-        #expect(eq.poll()?.md == mds[1])
-        #expect(eq.poll()?.md == mds[2])
+        #expect(try eq.poll()?.md == mds[1])
+        #expect(try eq.poll()?.md == mds[2])
     }
 
     /// A request object whose release (from a callback) unlinks its MD: the "free the request" re-entry.
@@ -83,8 +83,8 @@ import Testing
                      ackRequested: false)
         #expect(await eventually { secondPut.isOpen && released.isOpen })
         #expect(failures.items.isEmpty)
-        #expect(otherEQ.poll()?.kind == .unlink)
-        #expect(requestEQ.poll()?.kind == .unlink)
+        #expect(try otherEQ.poll()?.kind == .unlink)
+        #expect(try requestEQ.poll()?.kind == .unlink)
     }
 
     @Test func slowCallbackDelaysNeitherOtherQueuesNorMessageMovement() async throws {

@@ -81,7 +81,7 @@ final class ManualLND: LNetLND {
         ni.finalize(message, status: .ok)
         ni.finalize(message, status: .ok)
         #expect(eq.postedCount == 1)
-        #expect(eq.poll()?.kind == .send)
+        #expect(try eq.poll()?.kind == .send)
         let counters = try #require(lnet.counters().interface(ni.nid))
         #expect(counters.doubleFinalizations == 1 && counters.pendingMessages == 0)
         #expect(counters.totals.messagesSent == 1 && counters.totals.bytesSent == 3)
@@ -104,7 +104,7 @@ final class ManualLND: LNetLND {
         #expect(received.window.fragments.first?.baseAddress == sink.baseAddress)
         _ = [UInt8](repeating: 0xEE, count: 30).withUnsafeBytes { received.window.copy(from: $0) }
         ni.finalize(received.message, status: .ok)
-        let put = try #require(eq.poll())
+        let put = try #require(try eq.poll())
         #expect(put.kind == .put && put.matchedLength == 30 && put.requestedLength == 50 && put.offset == 70 && put.headerData == 11)
         #expect(sink.read(offset: 70, length: 30) == [UInt8](repeating: 0xEE, count: 30))
         let ack = try #require(lnd.sent.items.first)
@@ -142,9 +142,9 @@ final class ManualLND: LNetLND {
         #expect(reply.type == .reply && (reply.privateContext as? Named)?.name == "conn-3" && reply.lndWantsRDMA)
         #expect(reply.payload.bytes() == Array(bytes(64)[8..<24]))
         #expect(reply.header.destination == remote && reply.header.mdCookie == 99 && reply.header.payloadLength == 16)
-        #expect(eq.poll() == nil) // the GET event comes when the REPLY is done
+        #expect(try eq.poll() == nil) // the GET event comes when the REPLY is done
         ni.finalize(reply, status: .ok)
-        let event = try #require(eq.poll())
+        let event = try #require(try eq.poll())
         #expect(event.kind == .get && event.offset == 8 && event.matchedLength == 16 && event.unlinked)
 
         let miss = LNetHeader(type: .get, source: remote, destination: local, length: 16, portal: 6, matchBits: 1, mdCookie: 100)
@@ -172,8 +172,8 @@ final class ManualLND: LNetLND {
         ni.setReplyLength(reply, 20)
         ni.finalize(get, status: .ok)
         ni.finalize(reply, status: .ok)
-        let send = try #require(eq.poll())
-        let replied = try #require(eq.poll())
+        let send = try #require(try eq.poll())
+        let replied = try #require(try eq.poll())
         #expect(send.kind == .send && replied.kind == .reply && replied.matchedLength == 20 && replied.unlinked)
         #expect(sink.read(length: 20) == bytes(20))
         #expect(ni.createReply(for: get) == nil) // the MD is gone
@@ -186,8 +186,8 @@ final class ManualLND: LNetLND {
         ni.setReplyLength(reply2, 0)
         ni.finalize(get2, status: .ok)
         ni.finalize(reply2, status: .noMatch)
-        _ = eq.poll()
-        #expect(eq.poll()?.status == .noMatch)
+        _ = try eq.poll()
+        #expect(try eq.poll()?.status == .noMatch)
         #expect(ni.pendingMessageCount == 0)
     }
 
@@ -202,13 +202,13 @@ final class ManualLND: LNetLND {
         let received = try #require(lnd.received.items.first)
         #expect(received.window.length == 0 && received.message.type == .ack)
         ni.finalize(received.message, status: .ok)
-        let event = try #require(eq.poll())
+        let event = try #require(try eq.poll())
         #expect(event.kind == .ack && event.status == .tooLarge && event.matchedLength == 8 && event.target == remote)
 
         let reply = LNetHeader(type: .reply, source: remote, destination: local, payloadLength: 4, mdCookie: md.cookie)
         #expect(ni.parse(header: reply, from: remote.nid, context: nil, wantsRDMA: false) == .receiving)
         ni.finalize(try #require(lnd.received.items.last).message, status: .ok)
-        #expect(eq.poll()?.matchedLength == 4)
+        #expect(try eq.poll()?.matchedLength == 4)
 
         let stale = LNetHeader(type: .reply, source: remote, destination: local, payloadLength: 4, mdCookie: 4242)
         #expect(ni.parse(header: stale, from: remote.nid, context: nil, wantsRDMA: false) == .dropped(.noMatch))
@@ -234,10 +234,10 @@ final class ManualLND: LNetLND {
         let md = try lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(count: 4), threshold: .infinite, eventQueue: eq))
         try lnet.put(md, to: remote, portal: 1, matchBits: 1, ackRequested: false)
         try lnet.unlink(md)
-        #expect(eq.poll() == nil && lnet.isLinked(md))
+        #expect(try eq.poll() == nil && lnet.isLinked(md))
         #expect(throws: LNetError.self) { try lnet.put(md, to: remote, portal: 1, matchBits: 1) }
         ni.finalize(try #require(lnd.sent.items.first), status: .ok)
-        let event = try #require(eq.poll())
+        let event = try #require(try eq.poll())
         #expect(event.kind == .send && event.unlinked)
         #expect(!lnet.isLinked(md))
     }
@@ -251,7 +251,7 @@ final class ManualLND: LNetLND {
         lnet.shutdown()
         #expect(lnd.sent.items.allSatisfy { $0.isFinalized })
         var statuses: [LNetStatus] = []
-        while let event = eq.poll() { statuses.append(event.status) }
+        while let event = try eq.poll() { statuses.append(event.status) }
         #expect(statuses == [.shutdown, .shutdown, .shutdown])
         #expect(lnet.counters().interface(ni.nid)?.pendingMessages == 0)
         #expect(lnet.counters().interface(ni.nid)?.totals.errors == 3)

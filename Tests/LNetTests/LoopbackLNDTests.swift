@@ -46,7 +46,7 @@ import Testing
         #expect(send.kind == .send && send.unlinked)
         _ = try await targetEQ.next(timeout: .seconds(5))
         #expect(target.read(length: 3) == [1, 2, 3])
-        #expect(eq.poll() == nil)
+        #expect(try eq.poll() == nil)
     }
 
     @Test func getWithReplyAndRemoteOffset() async throws {

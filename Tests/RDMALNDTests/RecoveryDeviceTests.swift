@@ -80,7 +80,7 @@ import Testing
         // Every GET's SEND event came; a GET whose SEND went out also got its REPLY (ok, no match, or shutdown).
         var sends: [MDHandle: LNetEvent] = [:]
         var replies: [MDHandle: LNetEvent] = [:]
-        while let event = eq.poll() {
+        while let event = try eq.poll() {
             switch event.kind {
             case .send: sends[event.md] = event
             case .reply: replies[event.md] = event
