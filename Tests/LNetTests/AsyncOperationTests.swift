@@ -1,0 +1,200 @@
+import Testing
+
+@testable import LNet
+
+/// Awaitable PUT and GET (`LNet+Async.swift`) over the loopback LND: figures, typed failures, deadlines,
+/// cancellation, shutdown, and exactly-once finalization whichever comes first.
+@Suite struct AsyncOperationTests {
+    /// A loopback node with a target MD on portal 7 that takes PUTs and serves GETs at offset 0.
+    func makeTarget(size: Int = 64 * 1024, delivery: LoopbackLND.Delivery = .queued)
+        throws -> (lnet: LNet, me: ProcessID, sink: LNetBuffer, events: EventQueue) {
+        let lnet = LNet(configuration: .init(pid: 12345))
+        let ni = try lnet.addInterface(.loopback, lnd: LoopbackLND(delivery: delivery))
+        let sink = try LNetBuffer(count: size)
+        let events = EventQueue(label: "target")
+        _ = try lnet.attach(MatchEntry(portal: 7, matchBits: 0xAB, unlink: .retain),
+                            descriptor: MemoryDescriptor(buffer: sink, threshold: .infinite,
+                                                         options: [.put, .get, .manageRemote], eventQueue: events))
+        return (lnet, ni.processID, sink, events)
+    }
+
+    func expectExactlyOnce(_ lnet: LNet, sourceLocation: SourceLocation = #_sourceLocation) {
+        lnet.shutdown()
+        for interface in lnet.counters().interfaces {
+            #expect(interface.finalizedExactlyOnce, "\(interface)", sourceLocation: sourceLocation)
+        }
+    }
+
+    @Test(arguments: [LoopbackLND.Delivery.queued, .inline])
+    func putThenGetReturnTheCompletionsFigures(_ delivery: LoopbackLND.Delivery) async throws {
+        let (lnet, me, sink, _) = try makeTarget(delivery: delivery)
+        let payload = bytes(40_000, seed: 5)
+        let put = try await lnet.put(.buffer(try LNetBuffer(copying: payload)), to: me, portal: 7, matchBits: 0xAB,
+                                     headerData: 9)
+        #expect(put.status == .ok && put.requestedLength == 40_000 && put.matchedLength == 40_000 && put.offset == 0)
+        #expect(put.events.map(\.kind) == [.send, .ack])
+        #expect(put.events.last?.unlinked == true && put.events.dropLast().allSatisfy { !$0.unlinked })
+        #expect(!lnet.isLinked(put.md))
+        #expect(sink.read(length: 40_000) == payload)
+
+        let back = try LNetBuffer(count: 40_000)
+        let get = try await lnet.get(into: .buffer(back), from: me, portal: 7, matchBits: 0xAB)
+        #expect(get.status == .ok && get.requestedLength == 40_000 && get.matchedLength == 40_000)
+        // The loopback's inline delivery answers the GET before its own SEND completes: the order is the LND's,
+        // and only the last event is the unlinked one.
+        #expect(get.events.map(\.kind) == (delivery == .inline ? [.reply, .send] : [.send, .reply]))
+        #expect(get.events.last?.unlinked == true && get.events.dropLast().allSatisfy { !$0.unlinked })
+        #expect(back.read() == payload)
+        #expect(!lnet.isLinked(get.md))
+        expectExactlyOnce(lnet)
+    }
+
+    @Test func aPutWithoutAckReturnsAfterItsSend() async throws {
+        let (lnet, me, sink, events) = try makeTarget()
+        let put = try await lnet.put(.buffer(try LNetBuffer(copying: [1, 2, 3])), to: me, portal: 7, matchBits: 0xAB,
+                                     ackRequested: false)
+        #expect(put.events.map(\.kind) == [.send] && put.events[0].unlinked && put.matchedLength == 3)
+        let arrived = try await events.next(timeout: .seconds(5))
+        #expect(arrived.kind == .put && sink.read(length: 3) == [1, 2, 3])
+        expectExactlyOnce(lnet)
+    }
+
+    @Test func failuresThrowTheStatusAndTheEventThatReportedIt() async throws {
+        let (lnet, me, _, _) = try makeTarget(size: 16)
+        // Nothing on portal 8: the REPLY says so.
+        await #expect(throws: LNetError.operationFailed(status: .noMatch, event: .reply)) {
+            _ = try await lnet.get(into: .buffer(try LNetBuffer(count: 8)), from: me, portal: 8, matchBits: 1)
+        }
+        // Bigger than the target's MD (no truncation): the loopback reports the drop on the SEND.
+        await #expect(throws: LNetError.operationFailed(status: .tooLarge, event: .send)) {
+            _ = try await lnet.put(.buffer(try LNetBuffer(count: 64)), to: me, portal: 7, matchBits: 0xAB)
+        }
+        // Errors of put/get themselves come through as they are.
+        let elsewhere = ProcessID(nid: NID(address: 1, network: .o2ib), pid: 1)
+        await #expect(throws: LNetError.networkUnreachable(destination: elsewhere.nid)) {
+            _ = try await lnet.put(.none, to: elsewhere, portal: 7, matchBits: 0xAB)
+        }
+        expectExactlyOnce(lnet)
+    }
+
+    @Test func aDeadlineUnlinksTheMDAndThrowsTimeout() async throws {
+        let (lnet, me, _, _) = try makeTarget()
+        lnet.setLazy(portal: 9, true) // the GET is held there: no REPLY until an ME is attached
+        let started = ContinuousClock.now
+        await #expect(throws: LNetError.timeout) {
+            _ = try await lnet.get(into: .buffer(try LNetBuffer(count: 32)), from: me, portal: 9, matchBits: 1,
+                                   deadline: .now + .milliseconds(100))
+        }
+        let waited = ContinuousClock.now - started
+        #expect(waited >= .milliseconds(100) && waited < .seconds(5), "waited \(waited)")
+        // The held GET is answered now; its REPLY finds the requester's MD gone, so the target's GET event fails.
+        let served = EventQueue(label: "late")
+        _ = try lnet.attach(MatchEntry(portal: 9, matchBits: 1),
+                            descriptor: MemoryDescriptor(buffer: try LNetBuffer(count: 32), options: [.get], eventQueue: served))
+        let late = try await served.next(timeout: .seconds(5))
+        #expect(late.kind == .get && late.status == .noMatch)
+        expectExactlyOnce(lnet)
+    }
+
+    @Test func cancellingTheTaskUnlinksTheMDAndThrowsCancelled() async throws {
+        let (lnet, me, _, _) = try makeTarget()
+        lnet.setLazy(portal: 9, true)
+        let task = Task { () async throws(LNetError) -> LNetCompletion in
+            try await lnet.get(into: .buffer(try LNetBuffer(count: 32)), from: me, portal: 9, matchBits: 1)
+        }
+        #expect(await eventually { lnet.delayedCount(portal: 9) == 1 })
+        task.cancel()
+        let result = await task.result
+        #expect(throws: LNetError.cancelled) { try result.get() }
+        let served = EventQueue(label: "late")
+        _ = try lnet.attach(MatchEntry(portal: 9, matchBits: 1),
+                            descriptor: MemoryDescriptor(buffer: try LNetBuffer(count: 32), options: [.get], eventQueue: served))
+        #expect(try await served.next(timeout: .seconds(5)).status == .noMatch)
+        expectExactlyOnce(lnet)
+    }
+
+    @Test func aTaskCancelledBeforeTheCallStartsNothing() async throws {
+        let (lnet, me, _, events) = try makeTarget()
+        let task = Task { () async throws(LNetError) -> LNetCompletion in
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await lnet.put(.buffer(try LNetBuffer(count: 8)), to: me, portal: 7, matchBits: 0xAB)
+        }
+        await #expect(throws: LNetError.cancelled) { try await task.value }
+        #expect(events.postedCount == 0)
+        expectExactlyOnce(lnet)
+    }
+
+    /// Cancellation racing completion: each call ends exactly once, with its completion or `cancelled`, and
+    /// every message is finalized exactly once.
+    @Test func cancellationRacingCompletionFinalizesExactlyOnce() async throws {
+        let (lnet, me, _, _) = try makeTarget()
+        let outcomes = Collector<String>()
+        await withTaskGroup(of: Void.self) { group in
+            for index in 0..<300 {
+                let task = Task { () async throws(LNetError) -> LNetCompletion in
+                    try await lnet.put(.buffer(try LNetBuffer(count: 64)), to: me, portal: 7, matchBits: 0xAB)
+                }
+                group.addTask {
+                    if index % 3 != 0 { await Task.yield() }
+                    task.cancel()
+                    switch await task.result {
+                    case .success(let completion):
+                        let valid = completion.events.map(\.kind) == [.send, .ack] && completion.events.last?.unlinked == true
+                        outcomes.append(valid ? "completed" : "\(completion.events)")
+                    case .failure(let error as LNetError) where error == .cancelled:
+                        outcomes.append("cancelled")
+                    case .failure(let error):
+                        outcomes.append("\(error)")
+                    }
+                }
+            }
+        }
+        let other = outcomes.items.filter { $0 != "completed" && $0 != "cancelled" }
+        #expect(other.isEmpty, "\(other)")
+        #expect(outcomes.count == 300)
+        expectExactlyOnce(lnet)
+    }
+
+    @Test func shutdownEndsAWaitingCall() async throws {
+        let (lnet, me, _, _) = try makeTarget()
+        lnet.setLazy(portal: 9, true)
+        let task = Task { () async throws(LNetError) -> LNetCompletion in
+            try await lnet.get(into: .buffer(try LNetBuffer(count: 32)), from: me, portal: 9, matchBits: 1)
+        }
+        #expect(await eventually { lnet.delayedCount(portal: 9) == 1 })
+        let started = ContinuousClock.now
+        lnet.shutdown()
+        await #expect(throws: LNetError.shutdown) { try await task.value }
+        #expect(ContinuousClock.now - started < .seconds(3))
+        #expect(lnet.counters().interfaces.allSatisfy { $0.finalizedExactlyOnce })
+    }
+
+    /// Many calls waiting at once, each with its own deadline, are timed by the one shared timer (a `Task` or a
+    /// sleep per wait would leave the shared timer without their entries).
+    @Test func overlappingWaitsShareOneTimer() async throws {
+        let (lnet, me, _, _) = try makeTarget()
+        lnet.setLazy(portal: 9, true)
+        let count = 200
+        let deadline = ContinuousClock.now + .milliseconds(600)
+        let timedOut = Collector<Int>()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<count {
+                group.addTask {
+                    do throws(LNetError) {
+                        _ = try await lnet.get(into: .buffer(try LNetBuffer(count: 8)), from: me, portal: 9, matchBits: 1,
+                                               deadline: deadline)
+                    } catch .timeout {
+                        timedOut.append(1)
+                    }
+                }
+            }
+            #expect(await eventually { lnet.delayedCount(portal: 9) == count })
+            #expect(DeadlineTimer.shared.pendingCount >= count)
+            try await group.waitForAll()
+        }
+        #expect(timedOut.count == count)
+        #expect(ContinuousClock.now - deadline < .seconds(3))
+        lnet.setLazy(portal: 9, false)
+        expectExactlyOnce(lnet)
+    }
+}
