@@ -17,6 +17,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // `swift package generate-documentation` (the DocC catalogues of LNet and RDMALND).
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         // Layer 1: the C shim over libibverbs and librdmacm. Only what Swift cannot call directly.
@@ -76,6 +78,9 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "lnetctl", dependencies: ["LNetControl"]),
+        // Examples/: a server that attaches an ME and a client that PUTs a buffer and GETs it back (o2ib or 0@lo).
+        .executableTarget(name: "ExampleServer", dependencies: ["LNet", "RDMALND"], path: "Examples/Server"),
+        .executableTarget(name: "ExampleClient", dependencies: ["LNet", "RDMALND"], path: "Examples/Client"),
         // Benchmarks print figures; they are not timed tests.
         .executableTarget(name: "LNetCoreBench", dependencies: ["LNet"], path: "Benchmarks/LNetCoreBench"),
         // Instructions per message, counted by Benchmarks/callgrind.sh under valgrind.
@@ -88,6 +93,8 @@ let package = Package(
         .testTarget(name: "LNetTests", dependencies: ["LNet"]),
         .testTarget(name: "RDMALNDTests", dependencies: ["RDMALND", "Verbs", "LNet", "WireFuzzChecks"]),
         .testTarget(name: "LNetSelftestTests", dependencies: ["LNetSelftest", "LNet"]),
+        // Runs the built Examples/ binaries (over 0@lo here, over rxe in the device suite).
+        .testTarget(name: "ExamplesTests"),
         .testTarget(name: "lnetctlTests", dependencies: [
             "LNetControl", "LNetSelftest", "LNet", "RDMALND",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
