@@ -81,7 +81,7 @@ extension LNet {
         let operation = AwaitedOperation(lnet: self, terminal: terminal, deadline: deadline)
         let queue = EventQueue(label: "await", delivery: .inline { [operation] event in operation.record(event) })
         let md = try bind(MemoryDescriptor(storage: storage, threshold: .count(threshold), eventQueue: queue))
-        operation.started(md)
+        operation.started(md, queue: queue)
         do {
             try start(md)
         } catch {
@@ -100,8 +100,12 @@ extension LNet {
 }
 
 /// One awaited PUT or GET: collects its MD's events (from an inline event queue), and ends when the MD's last
-/// event (`unlinked == true`) has come, or when LNet shut down under it. Whatever ends it - completion,
-/// cancellation, the deadline, shutdown - it resumes its caller exactly once.
+/// event (`unlinked == true`) and every event posted before it have come, or when LNet shut down under it.
+/// Whatever ends it - completion, cancellation, the deadline, shutdown - it resumes its caller exactly once.
+///
+/// (Inline handlers run on the threads that finalized the messages: an LND that finalizes one MD's messages on
+/// two threads may run the `unlinked` event's handler before an earlier event's, so the queue's post count, not
+/// the `unlinked` flag alone, says when every event is in.)
 final class AwaitedOperation: Sendable {
     enum Stop: Sendable {
         case cancelled, timedOut, shutdown
@@ -109,7 +113,10 @@ final class AwaitedOperation: Sendable {
 
     private struct State {
         var md = MDHandle.invalid
+        /// The operation's event queue (held by the awaiting call for as long as it waits).
+        weak var queue: EventQueue?
         var events: [LNetEvent] = []
+        var sawUnlinked = false
         var finished = false
         var abandoned = false
         var stop: Stop?
@@ -132,8 +139,11 @@ final class AwaitedOperation: Sendable {
         self.deadline = deadline
     }
 
-    func started(_ md: MDHandle) {
-        state.withLock { $0.md = md }
+    func started(_ md: MDHandle, queue: EventQueue) {
+        state.withLock { state in
+            state.md = md
+            state.queue = queue
+        }
     }
 
     /// The operation never started (its put/get threw): its MD's unlink event is not the caller's business.
@@ -147,7 +157,8 @@ final class AwaitedOperation: Sendable {
         let (waiter, timer) = state.withLock { state -> (CheckedContinuation<Void, Never>?, DeadlineTimer.Token?) in
             guard !state.finished, !state.abandoned else { return (nil, nil) }
             state.events.append(event)
-            if event.unlinked {
+            if event.unlinked { state.sawUnlinked = true }
+            if state.sawUnlinked, state.events.count >= state.queue?.postedCount ?? 0 {
                 state.finished = true
                 defer { state.continuation = nil; state.timer = nil }
                 return (state.continuation, state.timer)
