@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and runs every test: the unit tests on this machine, the tests of the two-host runs' judges
-# (scripts/judges-test.py), then the device tests over a real rxe device (inside the SoftRoCE VM of
-# scripts/softroce-vm.sh when this machine has no RDMA device), then the two-host fault suite
+# (scripts/judges-test.py), the DocC build of LNet and RDMALND (warnings are errors), then the device tests
+# over a real rxe device (inside the SoftRoCE VM of scripts/softroce-vm.sh when this machine has no RDMA
+# device), then the two-host fault suite
 # (scripts/fault-suite.sh: two VMs, faults on the link and the server; each case counts as one test).
 # Fails if any test fails, if no device test ran on the device, or if a device test skipped on the device without
 # being listed, with its reason, in scripts/device-skips.txt (the one place where such skips are allowed).
@@ -35,6 +36,11 @@ read -r judges_passed judges_failed < <(sed -n 's/^judges: \([0-9]*\) passed, \(
 [[ -n ${judges_passed:-} ]] || { judges_passed=0 judges_failed=1; }
 ((judges_status == 0)) || cat results/judges.txt
 
+echo "== documentation: DocC catalogues of LNet and RDMALND (swift package generate-documentation, warnings are errors)"
+docs_status=0
+swift package generate-documentation --target LNet --target RDMALND --warnings-as-errors >results/docs.txt 2>&1 || docs_status=$?
+((docs_status == 0)) || cat results/docs.txt
+
 echo "== device tests over rxe (scripts/softroce-vm.sh)"
 device_status=0
 scripts/softroce-vm.sh -- env RDMA_REQUIRE_DEVICE=1 "$bin" --testing-library swift-testing \
@@ -59,6 +65,7 @@ fi
 echo "== summary"
 echo "machine: $host_passed passed, $host_failed failed, $host_skipped skipped (exit $host_status)"
 echo "judges: $judges_passed passed, $judges_failed failed (exit $judges_status)"
+echo "docs (DocC, LNet and RDMALND): $( ((docs_status == 0)) && echo "built without warnings" || echo "FAILED, see results/docs.txt") (exit $docs_status)"
 echo "device (rxe): $dev_passed passed, $dev_failed failed, $dev_skipped skipped (exit $device_status)"
 [[ -n $skip_report ]] && sed 's/^/  /' <<<"$skip_report"
 unlisted_skips=0
@@ -75,8 +82,9 @@ if ((dev_passed == 0)); then
     echo "FAIL: no device test ran on the rxe device" >&2
     device_status=1
 fi
-total_passed=$((host_passed + judges_passed + dev_passed + fault_passed))
-# (a device test that skipped without being listed counts as failed)
-total_failed=$((host_failed + judges_failed + dev_failed + unlisted_skips + fault_total - fault_passed))
+docs_passed=$((docs_status == 0 ? 1 : 0))
+total_passed=$((host_passed + judges_passed + docs_passed + dev_passed + fault_passed))
+# (a device test that skipped without being listed counts as failed; the DocC build counts as one test)
+total_failed=$((host_failed + judges_failed + 1 - docs_passed + dev_failed + unlisted_skips + fault_total - fault_passed))
 echo "tests: $total_passed passed, $total_failed failed" | tee results/summary.txt
-((host_status == 0 && judges_status == 0 && device_status == 0 && fault_status == 0 && total_failed == 0))
+((host_status == 0 && judges_status == 0 && docs_status == 0 && device_status == 0 && fault_status == 0 && total_failed == 0))

@@ -66,6 +66,9 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
     /// Starts the service threads (and the ticker that bounds how long a partial queuelet waits).
     ///
     /// - Parameters:
+    ///   - configuration: the partitions, threads per partition, batch size and batch delay.
+    ///   - name: the prefix of the service threads' names.
+    ///   - logger: where the scheduler logs (nothing when `nil`).
     ///   - placement: the partition for an item (reduced modulo the partition count).
     ///   - orderingKey: the peer an item belongs to; items with one key are handled in submission order.
     ///   - handler: handles one item on a service thread of the given partition.
