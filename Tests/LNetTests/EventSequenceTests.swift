@@ -81,8 +81,22 @@ import Testing
         #expect(ContinuousClock.now - cancelled < .seconds(5))
         #expect(eq.waiterCount == 0)
 
-        // Many overlapping bounded waits: each is an entry of the one timer, and each ends on time.
+        // Many overlapping bounded waits: each is an entry of the one timer; each is handed one event.
+        let (lnet, _) = try makeLoopbackNode()
+        defer { lnet.shutdown() }
         let count = 100
+        let taken = Collector<MDHandle>()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<count {
+                group.addTask { taken.append(try await eq.next(timeout: .seconds(60)).md) }
+            }
+            #expect(await eventually { eq.waiterCount == count })
+            #expect(DeadlineTimer.shared.pendingCount >= count)
+            let mds = try unlinkEvents(count, on: eq, lnet)
+            try await group.waitForAll()
+            #expect(Set(taken.items) == Set(mds))
+        }
+        // And all of them time out on time.
         let started = ContinuousClock.now
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<count {
@@ -90,8 +104,6 @@ import Testing
                     await #expect(throws: LNetError.timeout) { try await eq.next(timeout: .milliseconds(400)) }
                 }
             }
-            #expect(await eventually { eq.waiterCount == count })
-            #expect(DeadlineTimer.shared.pendingCount >= count)
             try await group.waitForAll()
         }
         let waited = ContinuousClock.now - started
