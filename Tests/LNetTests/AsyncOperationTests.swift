@@ -4,7 +4,7 @@ import Testing
 
 /// Awaitable PUT and GET (`LNet+Async.swift`) over the loopback LND: figures, typed failures, deadlines,
 /// cancellation, shutdown, and exactly-once finalization whichever comes first.
-@Suite struct AsyncOperationTests {
+@Suite(.timeLimit(.minutes(1))) struct AsyncOperationTests {
     /// A loopback node with a target MD on portal 7 that takes PUTs and serves GETs at offset 0.
     func makeTarget(size: Int = 64 * 1024, delivery: LoopbackLND.Delivery = .queued)
         throws -> (lnet: LNet, me: ProcessID, sink: LNetBuffer, events: EventQueue) {

@@ -5,7 +5,7 @@ import Testing
 
 /// `EventQueue.events` (an AsyncSequence), its overflow policy and cancellation, `next(timeout:)` on the shared
 /// timer, and the refusal to poll a queue that delivers to a handler.
-@Suite struct EventSequenceTests {
+@Suite(.timeLimit(.minutes(1))) struct EventSequenceTests {
     /// Posts one `unlink` event on `eq` per MD (in order) and returns the MDs.
     func unlinkEvents(_ count: Int, on eq: EventQueue, _ lnet: LNet) throws -> [MDHandle] {
         let mds = try (0..<count).map { _ in try lnet.bind(MemoryDescriptor(storage: .none, eventQueue: eq)) }
