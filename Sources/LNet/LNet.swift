@@ -301,7 +301,8 @@ public final class LNet: Sendable {
     // MARK: - Put and Get
 
     /// Sends the whole of `md` to `target` (`LNetPut`). Uses one unit of the MD's threshold for the SEND event and,
-    /// when `ackRequested`, one more for the ACK. Throws at once if there is no interface for the target's network.
+    /// when `ackRequested`, one more for the ACK: a PUT with an ACK on an MD with room for one more event throws
+    /// (the ACK would be dropped). Throws at once if there is no interface for the target's network.
     public func put(_ md: MDHandle, to target: ProcessID, portal: UInt32, matchBits: UInt64, offset: Int = 0,
                     ackRequested: Bool = true, headerData: UInt64 = 0, hints: LNetHints = .none) throws(LNetError) {
         guard offset >= 0 else { throw LNetError.invalidArgument("offset \(offset) is negative") }
@@ -311,6 +312,12 @@ public final class LNet: Sendable {
             guard !ni.isStopping else { throw LNetError.shutdown }
             guard let record = state.mds[md.cookie], !record.zombie else { throw LNetError.invalidHandle("\(md) does not exist") }
             guard record.remaining != 0 else { throw LNetError.mdExhausted(md) }
+            // The ACK uses the MD's threshold too: an MD with room for the SEND only would drop it silently.
+            if ackRequested, let remaining = record.remaining, remaining < 2 {
+                throw LNetError.invalidMemoryDescriptor(
+                    "\(md) has room for \(remaining) more event; a PUT with an ACK needs 2 (SEND and ACK): bind it with "
+                        + "threshold .count(2) or more, or pass ackRequested: false")
+            }
             record.attach()
             let source = ProcessID(nid: sourceNID, pid: pid)
             let header = LNetHeader(type: .put, source: source, destination: target, payloadLength: UInt32(record.length),
@@ -326,7 +333,7 @@ public final class LNet: Sendable {
     }
 
     /// Asks `target` for `md.length` bytes into `md` (`LNetGet`). Uses one unit of threshold for the SEND event and
-    /// one for the REPLY event.
+    /// one for the REPLY event: a GET on an MD with room for one more event throws (the REPLY would be dropped).
     public func get(_ md: MDHandle, from target: ProcessID, portal: UInt32, matchBits: UInt64, offset: Int = 0,
                     hints: LNetHints = .none) throws(LNetError) {
         guard offset >= 0 else { throw LNetError.invalidArgument("offset \(offset) is negative") }
@@ -336,6 +343,12 @@ public final class LNet: Sendable {
             guard !ni.isStopping else { throw LNetError.shutdown }
             guard let record = state.mds[md.cookie], !record.zombie else { throw LNetError.invalidHandle("\(md) does not exist") }
             guard record.remaining != 0 else { throw LNetError.mdExhausted(md) }
+            // The REPLY uses the MD's threshold too: an MD with room for the SEND only would drop it silently.
+            if let remaining = record.remaining, remaining < 2 {
+                throw LNetError.invalidMemoryDescriptor(
+                    "\(md) has room for \(remaining) more event; a GET needs 2 (SEND and REPLY): bind it with threshold "
+                        + ".count(2) or more")
+            }
             record.attach()
             let source = ProcessID(nid: sourceNID, pid: pid)
             let header = LNetHeader(type: .get, source: source, destination: target, length: UInt32(record.length),
@@ -655,16 +668,18 @@ public final class LNet: Sendable {
     /// and anything it leaves unfinalized is finalized with ``LNetStatus/shutdown`` and logged. Afterwards every
     /// call fails with ``LNetError/shutdown``. Idempotent.
     public func shutdown() {
-        let (interfaces, held) = state.withLock { state -> ([LNetNI], [DelayedMessage]) in
-            guard !state.isShutdown else { return ([], []) }
+        let (interfaces, held, first) = state.withLock { state -> ([LNetNI], [DelayedMessage], Bool) in
+            guard !state.isShutdown else { return ([], [], false) }
             state.isShutdown = true
             var held: [DelayedMessage] = []
             for key in state.portals.keys {
                 held.append(contentsOf: state.portals[key]?.delayed ?? [])
                 state.portals[key]?.delayed.removeAll()
             }
-            return (Array(state.interfaces.values), held)
+            return (Array(state.interfaces.values), held, true)
         }
+        // A second call (from anywhere, a handler included) has nothing to stop, and keeps the counters.
+        guard first else { return }
         for message in held {
             message.ni.lnd.drop(ni: message.ni, header: message.header, status: .shutdown, context: message.context)
         }

@@ -48,7 +48,9 @@ public enum LNetError: Error, Sendable, Equatable, CustomStringConvertible {
         case .invalidNetwork(let text, let reason): return "invalid network '\(text)': \(reason)"
         case .invalidProcessID(let text, let reason): return "invalid process id '\(text)': \(reason)"
         case .invalidNetworkList(let text, let reason): return "invalid network list '\(text)': \(reason)"
-        case .networkUnreachable(let nid): return "no network interface for network '\(nid.network)' (destination \(nid))"
+        case .networkUnreachable(let nid):
+            return "no network interface for network '\(nid.network)' (destination \(nid)); LNet routing is not supported: "
+                + "a destination must be on a network this node has an interface on"
         case .duplicateNetwork(let net): return "network '\(net)' is configured more than once"
         case .lndStartupFailed(let net, let reason, _): return "LND for '\(net)' failed to start: \(reason)"
         case .invalidHandle(let what): return "invalid handle: \(what)"

@@ -1,5 +1,6 @@
 import Foundation
 import LNet
+import Synchronization
 import Testing
 @testable import RDMALND
 
@@ -91,5 +92,36 @@ import Testing
         for (md, send) in sends where send.status.isOK {
             #expect(replies[md] != nil, "GET \(md) went out but got no REPLY event")
         }
+    }
+
+    /// `LNet.shutdown()` called from an inline handler, on the o2ib scheduler thread that delivered the event:
+    /// it returns at once (the thread does not wait for itself), and everything is finalized once.
+    @Test func shutdownFromAnInlineHandlerOnASchedulerThread() async throws {
+        let (server, client) = try LNDNode.pair()
+        defer { client.shutdown() }
+        let took = Mutex<Duration?>(nil)
+        let eq = EventQueue(label: "stop", delivery: .inline { event in
+            guard event.kind == .put else { return }
+            let started = ContinuousClock.now
+            server.lnet.shutdown()
+            took.withLock { $0 = ContinuousClock.now - started }
+        })
+        _ = try server.lnet.attach(MatchEntry(portal: 52, matchBits: 1),
+                                   descriptor: MemoryDescriptor(storage: .buffer(try LNetBuffer(count: 1 << 20)), threshold: .infinite,
+                                                                options: [.put], eventQueue: eq))
+        // Several PUTs in flight, eager and bulk, when the first one lands and stops the server.
+        let source = EventQueue(capacity: 256)
+        for size in [100, 1 << 20, 4096, 1 << 20, 8] {
+            let md = try client.lnet.bind(MemoryDescriptor(storage: .buffer(try patterned(size, seed: 1)), threshold: .count(2), eventQueue: source))
+            try client.lnet.put(md, to: server.id, portal: 52, matchBits: 1)
+        }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while took.withLock({ $0 }) == nil && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        let duration = try #require(took.withLock { $0 }, "the handler's shutdown did not return")
+        #expect(duration < .seconds(2), "shutdown from the scheduler thread took \(duration)")
+        let counters = try #require(server.lnet.counters().interface(server.ni.nid))
+        #expect(counters.finalizedExactlyOnce && counters.unfinalizedAtShutdown == 0, "\(counters)")
+        server.lnet.shutdown()
+        #expect(server.lnet.counters().interface(server.ni.nid) == counters)
     }
 }
