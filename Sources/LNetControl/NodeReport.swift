@@ -43,6 +43,7 @@ struct NodeReport: Sendable {
         return .object([
             "connections_established": .int(counters.connectionsEstablished),
             "connections_closed": .int(counters.connectionsClosed),
+            "connect_attempts_failed": .int(counters.connectAttemptsFailed),
             "reconnects": .int(counters.reconnects),
             "timeouts": .int(counters.timeouts),
             "protocol_errors": .int(counters.protocolErrors),
@@ -63,7 +64,8 @@ struct NodeReport: Sendable {
         var line = "  messages  \(handed) handed to the LND, \(finalizedOK) ok, \(finalizedWithError) failed, "
             + (finalizedExactlyOnce ? "each finalized exactly once" : "NOT finalized exactly once (\(doubleFinalizations) twice, \(unfinalizedAtShutdown) left, \(pending) pending)")
         if let counters = lndCounters {
-            line += "; connections \(counters.connectionsEstablished) made, \(counters.connectionsClosed) closed, \(connectionsAtEnd.count) at end"
+            line += "; connections \(counters.connectionsEstablished) made, \(counters.connectionsClosed) closed, \(connectionsAtEnd.count) at end, "
+                + "\(counters.connectAttemptsFailed) failed attempts"
         }
         return line
     }

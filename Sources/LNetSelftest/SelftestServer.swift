@@ -324,9 +324,22 @@ public final class SelftestServer: Sendable {
     }
 
     /// A small PUT without ACK to the client's reply portal.
-    fileprivate func send(_ bytes: [UInt8], to client: ProcessID, matchBits: UInt64, offset: Int, headerData: UInt64 = 0) {
+    /// Sends a reply or verdict PUT to the client. If it fails on the way (its connection closed under it), it is
+    /// sent again (the LND connects anew), up to `attempts` times: a client waiting for a verdict then gets it
+    /// instead of running into its own timeout.
+    fileprivate func send(_ bytes: [UInt8], to client: ProcessID, matchBits: UInt64, offset: Int, headerData: UInt64 = 0,
+                          attempts: Int = 3) {
+        let retry: @Sendable (LNetEvent) -> Void = { [weak self] event in
+            guard event.kind == .send, !event.status.isOK, attempts > 1, let self else { return }
+            // Not from inside the failed send's own call chain: after a pause, from a task.
+            Task {
+                try? await Task.sleep(for: .milliseconds(200))
+                self.send(bytes, to: client, matchBits: matchBits, offset: offset, headerData: headerData, attempts: attempts - 1)
+            }
+        }
         do {
-            let md = try lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(copying: bytes), threshold: .count(1)))
+            let md = try lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(copying: bytes), threshold: .count(1),
+                                                    eventQueue: EventQueue(label: "lst-reply", delivery: .inline(retry))))
             do {
                 try lnet.put(md, to: client, portal: SelftestProtocol.replyPortal, matchBits: matchBits, offset: offset,
                              ackRequested: false, headerData: headerData)

@@ -220,7 +220,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         } else {
             logger.info("closing: \(reason)")
         }
-        context.counters.bump(.connectionsClosed)
+        context.counters.bump(wasEstablished ? .connectionsClosed : .connectAttemptsFailed)
         var messages: [LNetMessage] = Array(state.waiting)
         state.waiting.removeAll()
         state.queue.removeQueued { outgoing in

@@ -24,7 +24,7 @@ final class ConnectionManager: @unchecked Sendable {
     /// Released on stop, so the address and port are free again at once.
     private var listener: CMID?
     private let thread: ServiceThread
-    private let requests = Mutex<Deque<Connection>>([])
+    private let requests = Mutex<Deque<(connection: Connection, delay: Duration)>>([])
     /// Only the CM thread touches this map.
     private var byID: [ObjectIdentifier: (CMID, Connection, ConnectionLimits)] = [:]
     private var retries: [(at: ContinuousClock.Instant, connection: Connection, limits: ConnectionLimits)] = []
@@ -55,9 +55,9 @@ final class ConnectionManager: @unchecked Sendable {
         listener = nil
     }
 
-    /// Asks the CM thread to connect `connection` (active, just made by the send path).
-    func connect(_ connection: Connection) {
-        requests.withLock { $0.append(connection) }
+    /// Asks the CM thread to connect `connection` (active, just made by the send path), after `delay`.
+    func connect(_ connection: Connection, after delay: Duration = .zero) {
+        requests.withLock { $0.append((connection, delay)) }
         wake()
     }
 
@@ -67,8 +67,16 @@ final class ConnectionManager: @unchecked Sendable {
 
     /// One pass of the CM thread: connect requests, due retries, then every pending rdma_cm event.
     private func serveOnce() {
-        for connection in requests.withLock({ queue -> [Connection] in defer { queue.removeAll() }; return Array(queue) }) {
-            startActive(connection, limits: context.localLimits)
+        let asked = requests.withLock { queue -> [(connection: Connection, delay: Duration)] in
+            defer { queue.removeAll() }
+            return Array(queue)
+        }
+        for (connection, delay) in asked {
+            if delay > .zero {
+                retries.append((at: .now + delay, connection: connection, limits: context.localLimits))
+            } else {
+                startActive(connection, limits: context.localLimits)
+            }
         }
         let now = ContinuousClock.now
         let due = retries.filter { $0.at <= now }
@@ -99,6 +107,7 @@ final class ConnectionManager: @unchecked Sendable {
     }
 
     private func fail(_ connection: Connection, _ reason: String, status: LNetStatus) {
+        if connection.role == .active, connection.phase == .connecting { runtime.attempt(to: connection.peer, succeeded: false) }
         connection.close(reason: reason, status: status)
         runtime.forget(connection)
     }
@@ -146,6 +155,7 @@ final class ConnectionManager: @unchecked Sendable {
                 try connection.readyQueuePair()
                 try id.establish()
                 connection.established(peerStamp: accept.sourceStamp)
+                runtime.attempt(to: connection.peer, succeeded: true)
             } catch {
                 fail(connection, "completing the connection failed: \(error)", status: .unreachable)
             }
@@ -275,6 +285,7 @@ final class ConnectionManager: @unchecked Sendable {
                                                retryCount: UInt8(context.tunables.retryCount), rnrRetryCount: UInt8(context.tunables.rnrRetryCount)),
                           queuePair: queuePair)
             connection.startSending()
+            runtime.attempt(to: peer, succeeded: true)
         } catch {
             logger.warning("cannot accept \(peer): \(error)")
             try? id.reject(privateData: ConnectReject(reason: .noResources, stamp: context.stamp, limits: ours, servedNID: context.nid.rawValue).encoded())

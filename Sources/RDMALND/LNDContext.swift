@@ -60,12 +60,13 @@ enum ProtocolViolation: String, CaseIterable, Sendable {
 /// The LND's own counters (what `lnetctl` shows besides LNet's).
 final class LNDCounters: Sendable {
     enum Counter: Int, CaseIterable {
-        case connectionsEstablished, connectionsClosed, protocolErrors, timeouts, rdmaReads, rdmaWrites, noops,
-             rejectsSent, reconnects
+        case connectionsEstablished, connectionsClosed, connectAttemptsFailed, protocolErrors, timeouts, rdmaReads, rdmaWrites,
+             noops, rejectsSent, reconnects
     }
 
     // One atomic per counter: bumped on the data path, read by lnetctl.
-    private let connectionsEstablished = Atomic<Int>(0), connectionsClosed = Atomic<Int>(0), protocolErrors = Atomic<Int>(0),
+    private let connectionsEstablished = Atomic<Int>(0), connectionsClosed = Atomic<Int>(0), connectAttemptsFailed = Atomic<Int>(0),
+                protocolErrors = Atomic<Int>(0),
                 timeouts = Atomic<Int>(0), rdmaReads = Atomic<Int>(0), rdmaWrites = Atomic<Int>(0), noops = Atomic<Int>(0),
                 rejectsSent = Atomic<Int>(0), reconnects = Atomic<Int>(0)
 
@@ -73,6 +74,7 @@ final class LNDCounters: Sendable {
         switch counter {
         case .connectionsEstablished: body(connectionsEstablished)
         case .connectionsClosed: body(connectionsClosed)
+        case .connectAttemptsFailed: body(connectAttemptsFailed)
         case .protocolErrors: body(protocolErrors)
         case .timeouts: body(timeouts)
         case .rdmaReads: body(rdmaReads)
@@ -105,7 +107,10 @@ final class LNDCounters: Sendable {
 /// A snapshot of the LND's counters.
 public struct LNDCountersSnapshot: Sendable, Equatable {
     public var connectionsEstablished: Int
+    /// Established connections that closed.
     public var connectionsClosed: Int
+    /// Connection attempts (ours or a peer's) that ended before the connection was established.
+    public var connectAttemptsFailed: Int
     public var protocolErrors: Int
     public var timeouts: Int
     public var rdmaReads: Int
@@ -121,6 +126,7 @@ extension LNDCounters {
     var snapshot: LNDCountersSnapshot {
         LNDCountersSnapshot(
             connectionsEstablished: value(.connectionsEstablished), connectionsClosed: value(.connectionsClosed),
+            connectAttemptsFailed: value(.connectAttemptsFailed),
             protocolErrors: value(.protocolErrors), timeouts: value(.timeouts), rdmaReads: value(.rdmaReads),
             rdmaWrites: value(.rdmaWrites), noops: value(.noops), rejectsSent: value(.rejectsSent), reconnects: value(.reconnects),
             protocolErrorsByKind: violationCounts)

@@ -177,6 +177,8 @@ final class LNDRuntime: @unchecked Sendable {
     private var manager: ConnectionManager!
     private var schedulers: [Scheduler] = []
     private let peers = Mutex<[NID: Connection]>([:])
+    /// Connection attempts to each peer that failed in a row (reset when one is established).
+    private let failedAttempts = Mutex<[NID: Int]>([:])
     private let stopping = Atomic<Bool>(false)
 
     init(ni: LNetNI, tunables: LNDTunables, logger: Logger, expectedDevice: String?) throws {
@@ -245,10 +247,26 @@ final class LNDRuntime: @unchecked Sendable {
             if stopping.load(ordering: .acquiring) {
                 connection.close(reason: "shutting down", status: .shutdown)
             } else {
-                manager.connect(connection)
+                manager.connect(connection, after: reconnectDelay(for: peer))
             }
         }
         return connection
+    }
+
+    /// How long a new connection to `peer` waits before it tries: nothing at first, then 50 ms doubling to 1 s
+    /// while attempts keep failing (as o2iblnd defers reconnects to once a second), so a peer that cannot be
+    /// reached (a link down) is not hammered. Messages wait meanwhile, within LND_TIMEOUT.
+    func reconnectDelay(for peer: NID) -> Duration {
+        let failures = failedAttempts.withLock { $0[peer] ?? 0 }
+        guard failures > 0 else { return .zero }
+        return .milliseconds(min(1000, 50 << min(failures - 1, 5)))
+    }
+
+    /// A connection attempt to `peer` failed (`false`) or one was established (`true`).
+    func attempt(to peer: NID, succeeded: Bool) {
+        failedAttempts.withLock { table in
+            if succeeded { table[peer] = nil } else { table[peer, default: 0] += 1 }
+        }
     }
 
     /// A replacement attempt for `old` (rejected, to retry): takes over its waiting messages.

@@ -55,7 +55,9 @@ import Testing
             #expect(Set([first.kind, second.kind]) == [.send, .ack] && first.status == .ok && second.status == .ok,
                     "PUT \(index): \(first), \(second)")
         }
-        #expect(ContinuousClock.now - started < .seconds(2), "the exchange took \(ContinuousClock.now - started)")
+        let took = ContinuousClock.now - started
+        print("lazy portal, \(mode): \(depth + 1) bulk PUTs behind a go message in \(took)")
+        #expect(took < .seconds(2), "the exchange took \(took)")
         #expect(attached.withLock { if case .success = $0 { true } else { false } }, "the go handler did not attach the entry")
         for index in 0...depth {
             #expect(same(sinks, index * bulk, try patterned(bulk, seed: UInt64(index)), 0, length: bulk), "PUT \(index) landed wrong")
