@@ -20,8 +20,8 @@ public enum PlacementPolicy: Hashable, Sendable {
 /// Placement is a pure function of the NID or the hints, using a fixed mixing function (not Swift's seeded
 /// `Hasher`), so every layer and every process places the same peer or object on the same partition.
 public struct CPUPartitionTable: Hashable, Sendable, CustomStringConvertible {
-    /// The CPUs in each partition. Threads that serve a partition (the RDMA LND's schedulers, a queuelet
-    /// scheduler's service threads) bind themselves to these CPUs.
+    /// The CPUs in each partition. The RDMA LND's scheduler threads bind themselves to their partition's CPUs
+    /// (a queuelet scheduler's service threads do not, yet).
     public let cpus: [[Int]]
 
     /// The number of partitions.

@@ -320,7 +320,8 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
                                      ackTimeout: retransmission.map { Int($0.ackTimeout) },
                                      retryCount: retransmission.map { Int($0.retryCount) },
                                      credits: state.queue.credits.available,
-                                     pending: state.waiting.count + state.queue.queuedCount + state.transactions.count)
+                                     pending: state.waiting.count + state.queue.queuedCount + state.transactions.count,
+                                     scheduler: scheduler.index)
         }
     }
 

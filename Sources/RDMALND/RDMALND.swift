@@ -148,6 +148,12 @@ public final class RDMALND: LNetLND {
         runtime.withLock { $0?.connectionInfos ?? [] }
     }
 
+    /// The CPUs each scheduler thread may run on (read back from the kernel after it bound itself to its CPU
+    /// partition), by scheduler index; empty before start-up.
+    public var schedulerCPUs: [[Int]] {
+        runtime.withLock { $0?.schedulerCPUs ?? [] }
+    }
+
     /// Connections currently in the peer table, by peer.
     public var connectionCount: Int {
         runtime.withLock { $0?.connectionCount ?? 0 }
@@ -226,9 +232,11 @@ final class LNDRuntime: @unchecked Sendable {
 
     var connectionInfos: [LNDConnectionInfo] { peers.withLock { Array($0.values) }.map(\.info) }
 
+    var schedulerCPUs: [[Int]] { schedulers.map(\.affinity) }
+
     /// The scheduler of a peer: the CPU partition LNet places the peer on (by the hash of its NID), then one of
     /// that partition's schedulers, so one peer's completions always land on one thread.
-    private func scheduler(for peer: NID) -> Scheduler {
+    func scheduler(for peer: NID) -> Scheduler {
         let partition = context.ni.partitions.partition(forPeer: peer)
         let candidates = schedulers.filter { $0.partition == partition }
         let pool = candidates.isEmpty ? schedulers : candidates
@@ -356,4 +364,6 @@ public struct LNDConnectionInfo: Sendable, Hashable {
     public var retryCount: Int?
     public var credits: Int
     public var pending: Int
+    /// The scheduler (thread) the connection is placed on.
+    public var scheduler: Int
 }
