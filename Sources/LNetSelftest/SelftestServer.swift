@@ -394,6 +394,9 @@ public final class SelftestServer: Sendable {
             }
         }
 
+        /// Verified writes up to this size are checked on the thread that delivered their event.
+        static let inlineCheckLimit = 64 << 10
+
         var operations: Int { counters.withLock { $0.operations } }
         var bytes: Int { counters.withLock { $0.bytes } }
         var failures: Int { counters.withLock { $0.failures } }
@@ -409,7 +412,13 @@ public final class SelftestServer: Sendable {
                     }
                 }
                 if verifyWrites, event.kind == .put {
-                    checks.async { [self] in check(event) }
+                    // A small write is checked where it landed (a hand-off would cost more than the check); a large
+                    // one on the session's queue, so a long check never holds up the thread that delivers events.
+                    if event.matchedLength <= Self.inlineCheckLimit {
+                        check(event)
+                    } else {
+                        checks.async { [self] in check(event) }
+                    }
                 }
             })
             let options: MemoryDescriptor.Options = request.op == .read ? [.get, .manageRemote] : [.put, .manageRemote]

@@ -160,8 +160,9 @@ final class Scheduler: @unchecked Sendable {
         }
         guard readChannel else { return }
         do {
-            while let queue = try channel.nextEvent() {
-                guard let connection = members.withLock({ $0.byQueue[ObjectIdentifier(queue)] }) else { continue }
+            // One event per wake-up, usually all there is; reading on to "would block" is another system call.
+            // Any other pending event keeps the channel readable: the next sleep returns at once for it.
+            if let queue = try channel.nextEvent(), let connection = members.withLock({ $0.byQueue[ObjectIdentifier(queue)] }) {
                 connection.queueFired(queue)
                 if !ready.contains(where: { $0 === connection }) { ready.append(connection) }
             }

@@ -21,12 +21,14 @@ public final class CMEventChannel: @unchecked Sendable {
             try FileDescriptorWait.makeNonBlocking(pointer.pointee.fd)
         } catch {
             rdma_destroy_event_channel(pointer)
+        Release.record("rdma_destroy_event_channel", 0)
             throw error
         }
     }
 
     deinit {
         rdma_destroy_event_channel(pointer)
+        Release.record("rdma_destroy_event_channel", 0)
     }
 
     /// The descriptor to poll for readability.

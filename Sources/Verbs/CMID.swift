@@ -56,7 +56,7 @@ public final class CMID: @unchecked Sendable {
 
     deinit {
         channel.forget(pointer)
-        rdma_destroy_id(pointer)
+        Release.record("rdma_destroy_id", rdma_destroy_id(pointer))
     }
 
     /// The device the id is bound to (after bind to a device address, address resolution, or on a connect

@@ -28,7 +28,7 @@ public final class CompletionChannel: @unchecked Sendable {
     }
 
     deinit {
-        ibv_destroy_comp_channel(pointer)
+        Release.record("ibv_destroy_comp_channel", ibv_destroy_comp_channel(pointer))
     }
 
     /// The descriptor to poll for readability.

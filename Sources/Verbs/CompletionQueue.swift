@@ -29,7 +29,7 @@ public final class CompletionQueue: @unchecked Sendable {
 
     deinit {
         channel?.unregister(pointer)
-        ibv_destroy_cq(pointer)
+        Release.record("ibv_destroy_cq", ibv_destroy_cq(pointer))
     }
 
     /// Arms the CQ: the channel gets one event at the next completion (or next solicited one).

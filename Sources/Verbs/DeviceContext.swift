@@ -38,7 +38,7 @@ public final class DeviceContext: @unchecked Sendable {
     }
 
     deinit {
-        if owned { ibv_close_device(pointer) }
+        if owned { Release.record("ibv_close_device", ibv_close_device(pointer)) }
     }
 
     /// Completion vectors (interrupt lines) the device offers; a CQ is created on one of them.

@@ -95,7 +95,7 @@ public final class MemoryRegion: @unchecked Sendable {
     }
 
     deinit {
-        ibv_dereg_mr(pointer)
+        Release.record("ibv_dereg_mr", ibv_dereg_mr(pointer))
         if ownsMemory { free(bytes.baseAddress) }
     }
 

@@ -85,7 +85,7 @@ public final class MemoryWindow: @unchecked Sendable {
     }
 
     deinit {
-        ibv_dealloc_mw(pointer)
+        Release.record("ibv_dealloc_mw", ibv_dealloc_mw(pointer))
     }
 
     /// The key of the last bind posted (before any, the key the device allocated the window with).

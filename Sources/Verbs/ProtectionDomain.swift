@@ -14,6 +14,6 @@ public final class ProtectionDomain: @unchecked Sendable {
     }
 
     deinit {
-        ibv_dealloc_pd(pointer)
+        Release.record("ibv_dealloc_pd", ibv_dealloc_pd(pointer))
     }
 }

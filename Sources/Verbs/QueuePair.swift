@@ -118,8 +118,9 @@ public final class QueuePair: @unchecked Sendable {
     deinit {
         if let cmID {
             rdma_destroy_qp(cmID.pointer)
+            Release.record("rdma_destroy_qp", 0)
         } else {
-            ibv_destroy_qp(pointer)
+            Release.record("ibv_destroy_qp", ibv_destroy_qp(pointer))
         }
     }
 

@@ -63,7 +63,9 @@ import Verbs
 @Suite(.requiresDevice, .serialized) struct TeardownDeviceTests {
     @Test func destroyWithPostedWorkOutstanding() throws {
         // Receives posted on both sides, sends in flight, then everything dropped at once with no disconnect:
-        // every handle is released exactly once in a valid order (QP before CQ and PD, id before channel).
+        // every handle is released exactly once in a valid order (QP before CQ and PD, id before channel). A
+        // release out of order, twice, or refused by the device shows in `Release`'s tallies.
+        let before = Release.tallies
         for round in 0..<3 {
             var keep: [MemoryRegion] = []
             do {
@@ -81,6 +83,15 @@ import Verbs
             }
             keep.removeAll()
         }
+        let after = Release.tallies
+        func released(_ call: String) -> Int { (after[call]?.calls ?? 0) - (before[call]?.calls ?? 0) }
+        #expect(Release.failures == before.values.reduce(0) { $0 + $1.failures }, "releases failed: \(after)")
+        // Three rounds of a connected pair (two ends, each with a PD, two CQs, a QP and an id; two regions): all
+        // released (a handle that leaked would leave its count short).
+        #expect(released("ibv_destroy_qp") + released("rdma_destroy_qp") >= 6)
+        #expect(released("rdma_destroy_id") >= 6)
+        #expect(released("ibv_dereg_mr") >= 6)
+        #expect(released("ibv_destroy_cq") >= 12 && released("ibv_dealloc_pd") >= 6)
     }
 
     @Test func failedSetUpHalfWayReleasesWhatWasMade() throws {
