@@ -179,6 +179,13 @@ import Testing
         #expect(fired.items == Array(stride(from: 299, through: 1, by: -2)))
         #expect(timer.pendingCount == 0 && timer.firedCount == 150)
         #expect(!timer.cancel(tokens[1])) // already fired
+        // An earlier deadline scheduled after a later one re-arms the timer: it fires on time, not with the later.
+        let late = timer.schedule(at: .now + .seconds(30)) { fired.append(-1) }
+        let early = Gate()
+        let scheduled = ContinuousClock.now
+        _ = timer.schedule(at: .now + .milliseconds(50)) { early.open() }
+        #expect(early.wait(seconds: 5) && ContinuousClock.now - scheduled < .seconds(2))
+        #expect(timer.cancel(late))
         // A deadline in the past fires at once.
         let now = Gate()
         _ = timer.schedule(at: .now - .seconds(1)) { now.open() }
