@@ -44,7 +44,7 @@ swift package generate-documentation --target LNet --target RDMALND --warnings-a
 echo "== device tests over rxe (scripts/softroce-vm.sh)"
 device_status=0
 scripts/softroce-vm.sh -- env RDMA_REQUIRE_DEVICE=1 "$bin" --testing-library swift-testing \
-    --filter "${TEST_FILTER:-DeviceTests}" --xunit-output "$repo/results/device.xunit.xml" || device_status=$?
+    --filter "${TEST_FILTER:-DeviceTests}" --no-parallel --xunit-output "$repo/results/device.xunit.xml" || device_status=$?
 
 fault_status=0 fault_passed=0 fault_total=0 run_faults=1
 [[ -n "${TEST_FILTER:-}" ]] && run_faults=0

@@ -61,7 +61,11 @@ public final class LoopbackLND: LNetLND {
     public init(label: String = "lnet.lo", delivery: Delivery = .queued) {
         self.delivery = delivery
         wire = DispatchQueue(label: label)
+        wire.setSpecific(key: Self.onWire, value: ObjectIdentifier(self))
     }
+
+    /// Marks the wire queue, so shutdown knows whether it runs on it.
+    private static let onWire = DispatchSpecificKey<ObjectIdentifier>()
 
     public func resolveAddress(for configuration: NetworkInterfaceConfiguration) throws(LNetError) -> UInt32 { 0 }
 
@@ -77,6 +81,12 @@ public final class LoopbackLND: LNetLND {
             return queued
         }
         for (owner, message) in queued { owner.finalize(message, status: .shutdown) }
+        // A message the wire is delivering right now is finalized by that delivery: wait for it, so nothing is
+        // left for LNet to clean up. (Called from the wire itself - a handler inside a delivery - the delivery
+        // in progress is the caller's own, and finishes as it returns.)
+        if DispatchQueue.getSpecific(key: Self.onWire) != ObjectIdentifier(self) {
+            wire.sync {}
+        }
     }
 
     public func send(ni: LNetNI, message: LNetMessage) {
