@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import LNet
@@ -83,20 +84,25 @@ import Testing
     @Test func aDeadlineUnlinksTheMDAndThrowsTimeout() async throws {
         let (lnet, me, _, _) = try makeTarget()
         lnet.setLazy(portal: 9, true) // the GET is held there: no REPLY until an ME is attached
-        let started = ContinuousClock.now
+        // The call's MD gets the next handle: a thread of its own (off the cooperative pool, which other suites
+        // may keep busy) notes when the deadline unlinks it.
+        let probe = try lnet.bind(MemoryDescriptor(storage: .none))
+        try lnet.unlink(probe)
+        let unlinkedAt = UnlinkWatch(lnet, MDHandle(cookie: probe.cookie + 1))
+        let deadline = ContinuousClock.now + .milliseconds(100)
         await #expect(throws: LNetError.timeout) {
             _ = try await lnet.get(into: .buffer(try LNetBuffer(count: 32)), from: me, portal: 9, matchBits: 1,
-                                   deadline: .now + .milliseconds(100))
+                                   deadline: deadline)
         }
-        let waited = ContinuousClock.now - started
         // Promptly: well before the once-a-second shutdown check would have noticed the deadline.
-        #expect(waited >= .milliseconds(100) && waited < .milliseconds(900), "waited \(waited)")
+        let late = try #require(unlinkedAt.wait()) - deadline
+        #expect(late >= .zero && late < .milliseconds(800), "unlinked \(late) after the deadline")
         // The held GET is answered now; its REPLY finds the requester's MD gone, so the target's GET event fails.
         let served = EventQueue(label: "late")
         _ = try lnet.attach(MatchEntry(portal: 9, matchBits: 1),
                             descriptor: MemoryDescriptor(buffer: try LNetBuffer(count: 32), options: [.get], eventQueue: served))
-        let late = try await served.next(timeout: .seconds(5))
-        #expect(late.kind == .get && late.status == .noMatch)
+        let answered = try await served.next(timeout: .seconds(5))
+        #expect(answered.kind == .get && answered.status == .noMatch)
         await expectExactlyOnce(lnet)
     }
 
@@ -222,5 +228,28 @@ import Testing
         #expect(ContinuousClock.now - deadline < .seconds(5))
         lnet.setLazy(portal: 9, false)
         await expectExactlyOnce(lnet)
+    }
+}
+
+/// Watches, on a thread of its own, for an MD to be linked and then unlinked, and notes when it went.
+final class UnlinkWatch: Sendable {
+    private let done = Gate()
+    private let at = Collector<ContinuousClock.Instant>()
+
+    init(_ lnet: LNet, _ md: MDHandle) {
+        let thread = Thread { [done, at] in
+            let giveUp = ContinuousClock.now + .seconds(30)
+            while !lnet.isLinked(md), ContinuousClock.now < giveUp { usleep(100) }
+            while lnet.isLinked(md), ContinuousClock.now < giveUp { usleep(100) }
+            at.append(ContinuousClock.now)
+            done.open()
+        }
+        thread.start()
+    }
+
+    /// When the MD was seen unlinked (nil if the watch gave up).
+    func wait() -> ContinuousClock.Instant? {
+        done.wait(seconds: 35)
+        return at.items.first
     }
 }
