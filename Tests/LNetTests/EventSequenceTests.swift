@@ -78,7 +78,7 @@ import Testing
         let cancelled = ContinuousClock.now
         waiter.cancel()
         await #expect(throws: LNetError.cancelled) { try await waiter.value }
-        #expect(ContinuousClock.now - cancelled < .seconds(5))
+        #expect(ContinuousClock.now - cancelled < .seconds(15))
         #expect(eq.waiterCount == 0)
 
         // Many overlapping bounded waits: each is an entry of the one timer; each is handed one event.
@@ -107,7 +107,7 @@ import Testing
             try await group.waitForAll()
         }
         let waited = ContinuousClock.now - started
-        #expect(waited >= .milliseconds(400) && waited < .seconds(5), "\(waited)")
+        #expect(waited >= .milliseconds(400) && waited < .seconds(15), "\(waited)")
         #expect(eq.waiterCount == 0)
     }
 
