@@ -1,3 +1,8 @@
+/// What an LND hands LNet with an incoming message and gets back in `receive`, `drop`, `eagerReceive` and a REPLY's
+/// ``LNetMessage/privateContext``: its own per-message state (o2iblnd's `private` pointer). An object, so passing
+/// it through the core costs a reference count, not an existential copy.
+public typealias LNDPrivate = AnyObject & Sendable
+
 /// The protocol an LND (LNet network driver) implements so the core can use it: the transport side of LNet.
 ///
 /// The core calls the LND:
@@ -19,11 +24,6 @@
 /// ``receive(ni:message:window:context:)`` and ``drop(ni:header:status:context:)`` on the thread that is inside
 /// ``LNetNI/parse(header:from:context:wantsRDMA:)`` or ``LNetNI/finalize(_:status:)``, so those paths must not hold
 /// LND locks that `send` takes. The LND may finalize synchronously (inside `send`/`receive`) or later from any thread.
-/// What an LND hands LNet with an incoming message and gets back in `receive`, `drop`, `eagerReceive` and a REPLY's
-/// ``LNetMessage/privateContext``: its own per-message state (o2iblnd's `private` pointer). An object, so passing
-/// it through the core costs a reference count, not an existential copy.
-public typealias LNDPrivate = AnyObject & Sendable
-
 public protocol LNetLND: AnyObject, Sendable {
     /// The network type this LND drives.
     var networkType: LNetNetworkType { get }

@@ -124,8 +124,9 @@ final class AwaitedOperation: Sendable {
         var timer: DeadlineTimer.Token?
     }
 
-    /// How often a waiting operation checks that its LNet is still up (``LNet/shutdown()`` removes MDs without
-    /// their last event, so nothing else would tell it).
+    /// How often a waiting operation checks that its LNet is still up. (``LNet/shutdown()`` gives every MD still
+    /// linked its last event, with status ``LNetStatus/shutdown``, which ends the wait at once; the check is a
+    /// safety net.)
     static let shutdownCheckInterval = Duration.seconds(1)
 
     let lnet: LNet
@@ -158,6 +159,8 @@ final class AwaitedOperation: Sendable {
             guard !state.finished, !state.abandoned else { return (nil, nil) }
             state.events.append(event)
             if event.unlinked { state.sawUnlinked = true }
+            // LNet shut down under the operation: its MD's last event says so.
+            if event.kind == .unlink, event.status == .shutdown, state.stop == nil { state.stop = .shutdown }
             if state.sawUnlinked, state.events.count >= state.queue?.postedCount ?? 0 {
                 state.finished = true
                 defer { state.continuation = nil; state.timer = nil }

@@ -665,8 +665,9 @@ public final class LNet: Sendable {
     }
 
     /// Stops every interface: held messages are dropped, each LND is shut down (finalizing what it still holds),
-    /// and anything it leaves unfinalized is finalized with ``LNetStatus/shutdown`` and logged. Afterwards every
-    /// call fails with ``LNetError/shutdown``. Idempotent.
+    /// and anything it leaves unfinalized is finalized with ``LNetStatus/shutdown`` and logged. Every MD still
+    /// linked then gets an ``LNetEventKind/unlink`` event with status ``LNetStatus/shutdown`` (its last). Afterwards
+    /// every call fails with ``LNetError/shutdown``. Idempotent.
     public func shutdown() {
         let (interfaces, held, first) = state.withLock { state -> ([LNetNI], [DelayedMessage], Bool) in
             guard !state.isShutdown else { return ([], [], false) }
@@ -695,13 +696,25 @@ public final class LNet: Sendable {
             for message in leftovers { finalize(message, status: .shutdown) }
         }
         let retired = interfaces.sorted { $0.nid < $1.nid }.map { $0.countersSnapshot() }
+        var effects = Effects()
         state.withLock { state in
             state.retired = retired
             state.interfaces.removeAll()
             state.portals.removeAll()
+            // Every MD still linked gets its last event now (unlinked, status shutdown), so whoever waits on one
+            // (an awaited put or get, a handler that frees memory on the unlinked event) learns it is gone.
+            for record in state.mds.values {
+                guard let queue = record.eventQueue else { continue }
+                let event = LNetEvent(kind: .unlink, status: .shutdown, initiator: .any, target: .any,
+                                      portal: record.matchEntry?.portal ?? 0, matchBits: record.matchEntry?.entry.matchBits ?? 0,
+                                      requestedLength: 0, matchedLength: 0, offset: 0, headerData: 0, hints: .none,
+                                      md: record.handle, userInfo: record.userInfo, unlinked: true)
+                if queue.post(event) { effects.inline.append((queue, event)) }
+            }
             state.mds.removeAll()
             state.meToMD.removeAll()
         }
+        perform(effects)
         logger.info("LNet shut down")
     }
 }

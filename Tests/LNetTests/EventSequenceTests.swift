@@ -90,8 +90,9 @@ import Testing
             for _ in 0..<count {
                 group.addTask { taken.append(try await eq.next(timeout: .seconds(60)).md) }
             }
+            // A wait parks on the queue, then takes its timer entry: both steps must be done for each.
             #expect(await eventually { eq.waiterCount == count })
-            #expect(DeadlineTimer.shared.pendingCount >= count)
+            #expect(await eventually { DeadlineTimer.shared.pendingCount >= count })
             let mds = try unlinkEvents(count, on: eq, lnet)
             try await group.waitForAll()
             #expect(Set(taken.items) == Set(mds))

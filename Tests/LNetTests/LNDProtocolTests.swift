@@ -250,9 +250,11 @@ final class ManualLND: LNetLND {
         #expect(ni.pendingMessageCount == 3)
         lnet.shutdown()
         #expect(lnd.sent.items.allSatisfy { $0.isFinalized })
-        var statuses: [LNetStatus] = []
-        while let event = try eq.poll() { statuses.append(event.status) }
-        #expect(statuses == [.shutdown, .shutdown, .shutdown])
+        var events: [LNetEvent] = []
+        while let event = try eq.poll() { events.append(event) }
+        // Three failed SENDs, then the MD's last event: LNet took it down with the interface.
+        #expect(events.map(\.status) == [.shutdown, .shutdown, .shutdown, .shutdown])
+        #expect(events.map(\.kind) == [.send, .send, .send, .unlink] && events.last?.unlinked == true)
         #expect(lnet.counters().interface(ni.nid)?.pendingMessages == 0)
         #expect(lnet.counters().interface(ni.nid)?.totals.errors == 3)
         // The LND finalized one of the three itself; LNet had to finalize the other two.
