@@ -219,6 +219,11 @@ out="$repo/results/bench/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 echo "bench: raw results in $out" >&2
 vm_status=0
-scripts/softroce-vm.sh -- "$repo/scripts/bench.sh" --inside "$bin" "$out" >&2 || vm_status=$?
+# The VM passes on only LND_*, LNET_*, SWIFT_*, RDMA_* and SOFTROCE_* variables: hand the BENCH_* ones over here.
+settings=()
+for name in BENCH_REPEAT BENCH_SECONDS BENCH_CONCURRENCY BENCH_PING_COUNT BENCH_VERIFY; do
+    [[ -n ${!name:-} ]] && settings+=("$name=${!name}")
+done
+scripts/softroce-vm.sh -- env "${settings[@]}" "$repo/scripts/bench.sh" --inside "$bin" "$out" >&2 || vm_status=$?
 echo "bench: VM run done (status $vm_status) after $(($(date +%s) - started)) s" >&2
 exec scripts/bench-summary.py "$out" --vm-status "$vm_status" "${json[@]}"

@@ -77,6 +77,7 @@
 #   SOFTROCE_2HOST_RXE_TIMEOUT    seconds to wait for rxe0 ACTIVE in each VM (default 60)
 #   SOFTROCE_2HOST_KEEP           1: keep the per-run folder (console logs, output files, fault files) and print it
 #   SOFTROCE_VM_KERNEL            kernel version to use (as in softroce-vm.sh)
+#   SOFTROCE_VM_CPU, SOFTROCE_VM_CLOCK  the guests' CPU model and clock source (as in softroce-vm.sh)
 #
 # Exit status: 0 if both commands exited 0 (and the fault script, if it finished, too); otherwise 124 if the run
 # timed out, 125 if the harness failed (a VM did not boot, rxe0 did not come up, ...), else 1. Each host's status

@@ -260,7 +260,7 @@ qesc() { printf '%s' "${1//,/,,}"; }
 # The guest's CPU model and clock source, the same for both VM scripts (see the README's test-bed section for what
 # each choice measured): SOFTROCE_VM_CPU is QEMU's -cpu model, SOFTROCE_VM_CLOCK the guest's clock source (tsc:
 # booted with tsc=reliable, so clock_gettime runs in the vDSO; hpet: every clock read traps into the emulated HPET).
-guest_cpu() { printf '%s' "${SOFTROCE_VM_CPU:-max}"; }
+guest_cpu() { printf '%s' "${SOFTROCE_VM_CPU:-qemu64}"; }
 # The kernel command line: console to a file only, quiet, a panic (or oops) ends the VM at once (-no-reboot). Boot
 # speed-ups under TCG: no crypto self-tests (~0.5 s), no ACPI PCI IRQ routing (~1 s of _PRT evaluation for 4 devices).
 guest_append() {

@@ -38,6 +38,8 @@
 #   SOFTROCE_VM_VERBOSE   1: report timings (boot to command start, total) on stderr
 #   SOFTROCE_VM_KEEP      1: keep the per-run folder (console log with boot marks, QEMU log) and print its path
 #   SOFTROCE_VM_APPEND    extra kernel command line (debugging, e.g. "loglevel=7"; goes to the console log)
+#   SOFTROCE_VM_CPU       QEMU's -cpu model (default qemu64: -cpu max exposes AVX2, which TCG emulates slowly)
+#   SOFTROCE_VM_CLOCK     the guest's clock source: hpet (default) or tsc (see the README's test-bed section)
 #   SOFTROCE_VM           1 inside the VM (set by this script)
 #
 # How it works: QEMU (TCG; KVM guests hang on these machines) boots the kernel's uncompressed vmlinux through its
