@@ -133,9 +133,15 @@ if [[ ${1:-} == --orchestrate ]]; then
             [[ -n ${3:-} ]] && { on_a_snap="$(snap "$3.fault-on" A); "; on_b_snap="$(snap "$3.fault-on" B); "; }
             on_a "${on_a_snap}tc qdisc add dev eth0 root netem $2" && on_b "${on_b_snap}tc qdisc add dev eth0 root netem $2"
         else
-            [[ -n ${3:-} ]] && { on_a_snap="; $(snap "$3.fault-off" A)"; on_b_snap="; $(snap "$3.fault-off" B)"; }
-            on_a "tc qdisc del dev eth0 root${on_a_snap}" || true
-            on_b "tc qdisc del dev eth0 root${on_b_snap}" || true
+            # netem's own statistics (packets it dropped) go with the case too, read just before the qdisc goes.
+            local on_a_stats='' on_b_stats=''
+            if [[ -n ${3:-} ]]; then
+                on_a_snap="; $(snap "$3.fault-off" A)"; on_b_snap="; $(snap "$3.fault-off" B)"
+                on_a_stats="tc -s qdisc show dev eth0 >$VSH/$3.netem-A.txt 2>&1; "
+                on_b_stats="tc -s qdisc show dev eth0 >$VSH/$3.netem-B.txt 2>&1; "
+            fi
+            on_a "${on_a_stats}tc qdisc del dev eth0 root${on_a_snap}" || true
+            on_b "${on_b_stats}tc qdisc del dev eth0 root${on_b_snap}" || true
         fi
     }
 

@@ -30,6 +30,7 @@ And every case must show that its fault hit (the evidence is printed in the tabl
   (by B, the higher NID: the lower one accepts) in at least one of the races; A sent no reject.
 """
 import json
+import re
 import os
 import sys
 
@@ -255,9 +256,26 @@ class Case:
     def total(deltas, keys, hosts="AB"):
         return sum(deltas[h].get(k, 0) for h in hosts if h in deltas for k in keys)
 
-    def fault_evidence(self, fault, keys, minimum, what):
+    def netem_drops(self):
+        """Packets netem itself dropped during the case, by host (from `tc -s qdisc show`, read right before the
+        qdisc was removed), or None when no statistics were saved."""
+        drops = {}
+        for host in "AB":
+            path = os.path.join(self.directory, f"{self.name}.netem-{host}.txt")
+            if not os.path.exists(path):
+                continue
+            found = re.findall(r"dropped (\d+)", open(path, errors="replace").read())
+            drops[host] = sum(int(n) for n in found)
+        return drops or None
+
+    def fault_evidence(self, fault, keys, minimum, what, netem=False):
         """The fault's counters (fault-on to fault-off, both hosts) must show at least `minimum` of `keys`, and
-        more than the same case showed after the fault (fault-off to after)."""
+        more than the same case showed after the fault (fault-off to after). For netem, packets netem itself
+        dropped during the fault are direct evidence too: either suffices."""
+        drops = self.netem_drops() if netem else None
+        if drops is not None:
+            self.notes.append(f"netem dropped {sum(drops.values())} packets ("
+                              + ", ".join(f"{h}: {n}" for h, n in sorted(drops.items())) + ")")
         during = self.evidence("fault-on", "fault-off", f"during {fault}")
         if len(during) < 2:
             return
@@ -268,9 +286,10 @@ class Case:
                 after[host] = delta
         events, baseline = self.total(during, keys), self.total(after, keys)
         self.notes.append(f"{events} {what.split(' (')[0]} during {fault}, {baseline} after it")
-        self.check(events >= minimum and events > baseline,
+        dropped = sum((drops or {}).values())
+        self.check(dropped > 0 or (events >= minimum and events > baseline),
                    f"{fault} showed no effect: {events} {what} during it (at least {minimum} needed, "
-                   f"and more than the {baseline} after it)")
+                   f"and more than the {baseline} after it)" + (f", and netem dropped {dropped} packets" if netem else ""))
 
 
 def judge_rounds(case, rounds, expect_failures):
@@ -303,7 +322,8 @@ def judge(directory, name):
         if rounds:
             judge_rounds(case, rounds, expect_failures=False)
         case.fault_evidence("netem", LOSS_EVIDENCE, MIN_LOSS_EVENTS,
-                            "loss/reorder events (retransmissions, out-of-sequence packets, sequence NAKs, duplicates)")
+                            "loss/reorder events (retransmissions, out-of-sequence packets, sequence NAKs, duplicates)",
+                            netem=True)
     elif name == "blackout":
         case.server(name + ".server")
         rounds = case.client(name + ".client", "pass")

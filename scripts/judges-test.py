@@ -236,6 +236,25 @@ class FaultSuiteJudgeTests(unittest.TestCase):
                               if host == "A" else {"out_of_seq_request": 18})
         self.failsWith("netem-read-pull", "and more than the 20 after it")
 
+    def test_netem_that_dropped_packets_is_evidence_enough(self):
+        # Few rxe events (the traffic of that case resent little) but netem's own statistics show drops: it hit.
+        for host in "AB":
+            self.run.counters("netem-read-pull.fault-off", host, {"completer_retry_err": 1} if host == "A" else {})
+            self.run.counters("netem-read-pull.after", host, {"completer_retry_err": 1} if host == "A" else {})
+        self.run.write("netem-read-pull.netem-A.txt", "qdisc netem 8001: root refcnt 2 limit 1000 delay 5ms  2ms loss 1%\n"
+                       " Sent 912345 bytes 1201 pkt (dropped 13, overlimits 0 requeues 0)\n")
+        self.run.write("netem-read-pull.netem-B.txt", " Sent 812345 bytes 1101 pkt (dropped 9, overlimits 0 requeues 0)\n")
+        case = self.run.judge("netem-read-pull")
+        self.assertEqual(case.problems, [])
+        self.assertIn("netem dropped 22 packets (A: 13, B: 9)", case.notes)
+
+    def test_netem_that_dropped_nothing_and_moved_no_counter_fails(self):
+        for host in "AB":
+            self.run.counters("netem-read-pull.fault-off", host, {})
+            self.run.counters("netem-read-pull.after", host, {})
+            self.run.write(f"netem-read-pull.netem-{host}.txt", " Sent 912345 bytes 1201 pkt (dropped 0, overlimits 0 requeues 0)\n")
+        self.failsWith("netem-read-pull", "netem showed no effect: 0 loss/reorder events", "netem dropped 0 packets")
+
     def test_netem_moved_only_outside_the_fault_window_fails(self):
         for host in "AB":
             self.run.counters("netem-read-pull.fault-off", host, {})

@@ -10,10 +10,10 @@ extension Connection {
     @discardableResult
     func poll() -> Int {
         guard let resources = attached else { return 0 }
-        var total = handleEarlyReceives(resources)
         var failure: VerbsError?
         var deferred = Deferred()
-        let sent = state.withLock { state -> Int in
+        // One lock for the send queue's completions and for taking the receives that came early.
+        let (sent, early) = state.withLock { state -> (Int, [WorkCompletion]) in
             var count = 0
             do {
                 count = try resources.sendQueue.poll(max: 32) { completion in
@@ -23,13 +23,17 @@ extension Connection {
                 failure = error as? VerbsError
             }
             if count > 0 { pump(&state, &deferred) }
-            return count
+            guard state.phase != .connecting, !state.early.isEmpty else { return (count, []) }
+            defer { state.early.removeAll() }
+            return (count, state.early)
         }
         deferred.run()
-        total += sent
+        // Receives that came before the connection was established go first, in order.
+        for completion in early { handleReceive(slot: Int(completion.id), completion: completion, resources, stash: false) }
+        var total = sent + early.count
         do {
             total += try resources.receiveQueue.poll(max: 32) { completion in
-                self.received(slot: Int(completion.id), completion: completion, resources)
+                self.handleReceive(slot: Int(completion.id), completion: completion, resources, stash: true)
             }
         } catch {
             failure = error as? VerbsError
@@ -37,23 +41,8 @@ extension Connection {
         if let failure {
             close(reason: "polling a completion queue failed: \(failure)", status: .connectionClosed)
         }
-        if state.withLock({ $0.phase == .closed && $0.queue.posted.isEmpty }) { scheduler.closed(self) }
+        if isClosed, state.withLock({ $0.queue.posted.isEmpty }) { scheduler.closed(self) }
         return total
-    }
-
-    /// Receives that came before the connection was established, in order, once it is.
-    private func handleEarlyReceives(_ resources: Resources) -> Int {
-        var total = 0
-        while true {
-            let early = state.withLock { state -> [WorkCompletion] in
-                guard state.phase != .connecting, !state.early.isEmpty else { return [] }
-                defer { state.early.removeAll() }
-                return state.early
-            }
-            if early.isEmpty { return total }
-            for completion in early { handleReceive(slot: Int(completion.id), completion: completion, resources) }
-            total += early.count
-        }
     }
 
     /// Whether posted work's completion matters before any answer from the peer can bring the scheduler back.
@@ -128,21 +117,19 @@ extension Connection {
 
     // MARK: - Incoming messages
 
-    private func received(slot: Int, completion: WorkCompletion, _ resources: Resources) {
-        let stashed = state.withLock { state -> Bool in
-            // While connecting, and until the early ones are handled, keep arrival order.
-            guard state.phase == .connecting || !state.early.isEmpty else { return false }
-            state.early.append(completion)
-            return true
-        }
-        if stashed { return }
-        handleReceive(slot: slot, completion: completion, resources)
-    }
-
-    private func handleReceive(slot: Int, completion: WorkCompletion, _ resources: Resources) {
+    /// One receive completion: decoded, then (under one lock) stashed if the connection is not established yet
+    /// (`stash`: while connecting, and until the early ones are handled, arrival order is kept), checked,
+    /// credited and handled; an LNet message is handed to LNet's parse once the lock is released.
+    private func handleReceive(slot: Int, completion: WorkCompletion, _ resources: Resources, stash: Bool) {
         guard completion.status.isSuccess else {
             var deferred = Deferred()
-            state.withLock { state in failed(completion, &state, &deferred) }
+            state.withLock { state in
+                if stash, state.phase == .connecting || !state.early.isEmpty {
+                    state.early.append(completion)
+                } else {
+                    failed(completion, &state, &deferred)
+                }
+            }
             deferred.run()
             return
         }
@@ -152,18 +139,23 @@ extension Connection {
             return
         }
         let buffer = UnsafeRawBufferPointer(rebasing: resources.receiveBuffers.bytes[slot * size..<slot * size + Int(completion.byteLength)])
-        let message: WireMessage
-        do {
-            message = try WireMessage.decode(buffer, maxFragments: Int(resources.limits.maxFragments))
-            try checkAddressing(message.header)
-        } catch {
-            violation(.malformedMessage, "\(error)")
-            return
-        }
+        let decoded = Result { () throws(WireError) in try WireMessage.decode(buffer, maxFragments: Int(resources.limits.maxFragments)) }
         var deferred = Deferred()
         var delivery: (LNetHeader, ReceiveContext)?
         state.withLock { state in
+            if stash, state.phase == .connecting || !state.early.isEmpty {
+                state.early.append(completion)
+                return
+            }
             guard state.phase == .established else { return }
+            let message: WireMessage
+            do {
+                message = try decoded.get()
+                try checkAddressing(message.header, peerStamp: state.peerStamp)
+            } catch {
+                violation(.malformedMessage, "\(error)", &state, &deferred)
+                return
+            }
             state.lastReceive = .coarse
             guard state.queue.credits.received(credits: message.header.credits) else {
                 violation(.creditOverflow, "peer returned more credits than it was owed", &state, &deferred)
@@ -184,7 +176,7 @@ extension Connection {
         }
     }
 
-    private func checkAddressing(_ header: WireHeader) throws(WireError) {
+    private func checkAddressing(_ header: WireHeader, peerStamp: UInt64) throws(WireError) {
         guard header.destination == context.nid.rawValue, header.destinationStamp == context.stamp else {
             throw WireError.wrongDestination("to \(NID(rawValue: header.destination)) stamp \(header.destinationStamp)")
         }

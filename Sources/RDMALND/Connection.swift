@@ -64,6 +64,10 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     let created: Tick
     let state: Mutex<State>
     let logger: Logger
+    /// Set once the connection closed (for the scheduler's polling, without the lock).
+    private let closedFlag = Atomic<Bool>(false)
+    var isClosed: Bool { closedFlag.load(ordering: .acquiring) }
+
     /// The resources, for the scheduler thread's polling: set once in `attach`, before the scheduler knows the
     /// connection (registration publishes it), never changed after.
     nonisolated(unsafe) private(set) var attached: Resources?
@@ -214,6 +218,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         guard state.phase != .closed else { return }
         let wasEstablished = state.phase == .established
         state.phase = .closed
+        closedFlag.store(true, ordering: .releasing)
         state.closeReason = reason
         if status == .protocolError || status == .timeout || !wasEstablished {
             logger.warning("closing: \(reason)")
