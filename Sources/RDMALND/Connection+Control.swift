@@ -57,7 +57,7 @@ extension Connection {
             }
             transaction.peerCookie = targetCookie
             transaction.length = Int(length)
-            // READ, then GET_DONE fenced behind it; the REPLY is delivered when the READ completes, the
+            // READ, then GET_DONE once it completed; the REPLY is delivered when the READ completes, the
             // transaction (its slot) ends when GET_DONE has gone.
             let done = Outgoing(body: .getDone(cookie: targetCookie, status: 0, length: length),
                                 onSent: .finishTransaction(transaction.cookie), deadline: transaction.deadline)
@@ -94,9 +94,14 @@ extension Connection {
 
     /// A transaction's READ completed: the data is here.
     func rdmaDelivered(_ transaction: Transaction, _ state: inout State, _ deferred: inout Deferred) {
+        // The READ is over: the peer may release its source now.
+        if let done = transaction.afterRead {
+            transaction.afterRead = nil
+            state.queue.enqueue(done)
+        }
         switch transaction.kind {
         case .putSink:
-            // Pulled a PUT: it is received (PUT_DONE is on its way behind the READ).
+            // Pulled a PUT: it is received (PUT_DONE is queued).
             complete(transaction, status: .ok, &state, &deferred)
         case .getRequester:
             // Pulled a GET's REPLY: deliver it now; the transaction ends when GET_DONE has gone.

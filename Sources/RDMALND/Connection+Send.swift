@@ -162,7 +162,7 @@ extension Connection {
                 transaction.pull = pull
                 state.transactions[cookie] = transaction
                 if pull {
-                    // READ the source; PUT_DONE follows in the same chain, fenced behind the READs.
+                    // READ the source; PUT_DONE follows once the READ completed.
                     let done = Outgoing(body: .putDone(cookie: sourceCookie, status: 0, length: UInt32(window.length)),
                                         answered: true, deadline: deadline)
                     startRDMA(transaction, remote: source, read: true, then: done, &state, &deferred)
@@ -287,19 +287,25 @@ extension Connection {
     }
 
     /// Plans an RDMA READ (from `remote` into the grant) or WRITE (from the grant into `remote`) and queues it,
-    /// with `then` (the DONE) behind its last step. A READ's last step is signaled: its completion delivers.
+    /// then `then` (the DONE): behind a WRITE's last step in the same chain (an RC queue pair delivers the WRITEs'
+    /// data before a later SEND), after a READ's completion (which is signaled: it delivers the data here, and the
+    /// DONE lets the peer release its source, so the DONE must not go before the READ is over).
     func startRDMA(_ transaction: Transaction, remote: RDMADescriptor, read: Bool, then: Outgoing?, _ state: inout State,
                    _ deferred: inout Deferred) {
         let pieces = transaction.grant?.pieces ?? []
         do {
             let steps = try planTransfer(local: pieces, remote: remote.fragments, length: transaction.length,
                                          maxScatterGather: context.maxScatterGather)
+            if read { transaction.afterRead = then }
             if steps.isEmpty {
                 // Nothing to move: the transfer is done at once.
-                if let then { state.queue.enqueue(then) }
-                if read { rdmaDelivered(transaction, &state, &deferred) }
+                if read {
+                    rdmaDelivered(transaction, &state, &deferred)
+                } else if let then {
+                    state.queue.enqueue(then)
+                }
             } else {
-                state.queue.enqueue(RDMAJob(cookie: transaction.cookie, steps: steps, read: read, signalLast: read, then: then))
+                state.queue.enqueue(RDMAJob(cookie: transaction.cookie, steps: steps, read: read, signalLast: read, then: read ? nil : then))
             }
         } catch {
             violation(.badDescriptor, "\(error)", &state, &deferred)

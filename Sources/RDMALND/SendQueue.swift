@@ -41,7 +41,7 @@ struct RDMAJob: Sendable {
     var read: Bool
     /// The last step's completion delivers something (a READ into our memory): it is signaled and awaited.
     var signalLast: Bool
-    /// Posted right behind the last step, in the same chain (fenced after READs, so it goes once they are done).
+    /// Posted right behind the last step, in the same chain (WRITEs only: a READ's DONE waits for its completion).
     var then: Outgoing?
 }
 
@@ -168,7 +168,7 @@ struct SendQueue: Sendable {
             } else if sendRoom, let then = job.then {
                 if let index = slot(false) {
                     rdma.removeFirst()
-                    return postSend(then, slot: index, credits: credits.takeOwed(), fence: job.read)
+                    return postSend(then, slot: index, credits: credits.takeOwed(), fence: false)
                 }
                 sendRoom = false
             }

@@ -40,6 +40,8 @@ final class Transaction: @unchecked Sendable {
     var pull = false
     /// A GET requester whose sink went undescribed (it fits one message): the data comes in a REPLY.
     var eager = false
+    /// The control message (PUT_DONE, GET_DONE) that goes once this side's READ has completed.
+    var afterRead: Outgoing?
 
     init(cookie: UInt64, kind: Kind, initiated: Bool, message: LNetMessage?, deadline: Tick) {
         self.cookie = cookie
