@@ -113,6 +113,8 @@ public final class SelftestServer: Sendable {
         self.pingService = configuration.servePing ? PingService(lnet: lnet, nid: nid) : nil
     }
 
+    private let replyQueue = Mutex<EventQueue?>(nil)
+
     /// Posts the control buffers (the control portal is lazy, so requests wait for a buffer rather than fail) and
     /// starts the ping service.
     public func start() throws(LNetError) {
@@ -324,22 +326,53 @@ public final class SelftestServer: Sendable {
     }
 
     /// A small PUT without ACK to the client's reply portal.
+    /// A reply or verdict PUT in flight, with what it takes to send it again.
+    private final class Reply: Sendable {
+        let bytes: [UInt8]
+        let client: ProcessID
+        let matchBits: UInt64
+        let offset: Int
+        let headerData: UInt64
+        let attempts: Int
+        init(bytes: [UInt8], client: ProcessID, matchBits: UInt64, offset: Int, headerData: UInt64, attempts: Int) {
+            self.bytes = bytes
+            self.client = client
+            self.matchBits = matchBits
+            self.offset = offset
+            self.headerData = headerData
+            self.attempts = attempts
+        }
+    }
+
+    /// The SEND events of every reply and verdict (one queue for all, each MD carrying its `Reply`): a failed one
+    /// goes again.
+    private var replyEvents: EventQueue {
+        replyQueue.withLock { queue in
+            if let queue { return queue }
+            let made = EventQueue(label: "lst-replies", delivery: .inline { [weak self] event in
+                guard event.kind == .send, !event.status.isOK, let reply = event.userInfo as? Reply, reply.attempts > 1,
+                      let self else { return }
+                // Not from inside the failed send's own call chain: after a pause, from a task.
+                Task {
+                    try? await Task.sleep(for: .milliseconds(200))
+                    self.send(reply.bytes, to: reply.client, matchBits: reply.matchBits, offset: reply.offset,
+                              headerData: reply.headerData, attempts: reply.attempts - 1)
+                }
+            })
+            queue = made
+            return made
+        }
+    }
+
     /// Sends a reply or verdict PUT to the client. If it fails on the way (its connection closed under it), it is
     /// sent again (the LND connects anew), up to `attempts` times: a client waiting for a verdict then gets it
     /// instead of running into its own timeout.
     fileprivate func send(_ bytes: [UInt8], to client: ProcessID, matchBits: UInt64, offset: Int, headerData: UInt64 = 0,
                           attempts: Int = 3) {
-        let retry: @Sendable (LNetEvent) -> Void = { [weak self] event in
-            guard event.kind == .send, !event.status.isOK, attempts > 1, let self else { return }
-            // Not from inside the failed send's own call chain: after a pause, from a task.
-            Task {
-                try? await Task.sleep(for: .milliseconds(200))
-                self.send(bytes, to: client, matchBits: matchBits, offset: offset, headerData: headerData, attempts: attempts - 1)
-            }
-        }
         do {
-            let md = try lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(copying: bytes), threshold: .count(1),
-                                                    eventQueue: EventQueue(label: "lst-reply", delivery: .inline(retry))))
+            let reply = Reply(bytes: bytes, client: client, matchBits: matchBits, offset: offset, headerData: headerData, attempts: attempts)
+            let md = try lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(copying: bytes), threshold: .count(1), eventQueue: replyEvents,
+                                                    userInfo: reply))
             do {
                 try lnet.put(md, to: client, portal: SelftestProtocol.replyPortal, matchBits: matchBits, offset: offset,
                              ackRequested: false, headerData: headerData)
