@@ -47,6 +47,11 @@ public struct LNetInterfaceCounters: Hashable, Sendable {
     /// Messages the LND still held after its shutdown, which LNet then finalized with ``LNetStatus/shutdown``
     /// (an LND bug: it must finalize what it holds).
     public var unfinalizedAtShutdown = 0
+    /// Outgoing messages handed to the LND, by type (PUT, GET, ACK, REPLY), since start-up.
+    public var sentByType = LNetMessageTypeCounts()
+    /// Incoming messages the LND delivered to LNet (every ``LNetNI/parse(header:from:context:wantsRDMA:)``, matched
+    /// or dropped), by type, since start-up.
+    public var receivedByType = LNetMessageTypeCounts()
 
     /// Every message handed to the LND was finalized exactly once, by the LND: nothing pending, nothing
     /// finalized twice, nothing left for LNet to clean up at shutdown.
@@ -54,6 +59,42 @@ public struct LNetInterfaceCounters: Hashable, Sendable {
         pendingMessages == 0 && doubleFinalizations == 0 && unfinalizedAtShutdown == 0
             && messagesHandedToLND == finalizedOK + finalizedWithError
     }
+}
+
+/// Message counts by LNet message type.
+public struct LNetMessageTypeCounts: Hashable, Sendable {
+    public var put = 0
+    public var get = 0
+    public var ack = 0
+    public var reply = 0
+
+    public init(put: Int = 0, get: Int = 0, ack: Int = 0, reply: Int = 0) {
+        self.put = put
+        self.get = get
+        self.ack = ack
+        self.reply = reply
+    }
+
+    public subscript(type: LNetMessageType) -> Int {
+        get {
+            switch type {
+            case .put: put
+            case .get: get
+            case .ack: ack
+            case .reply: reply
+            }
+        }
+        set {
+            switch type {
+            case .put: put = newValue
+            case .get: get = newValue
+            case .ack: ack = newValue
+            case .reply: reply = newValue
+            }
+        }
+    }
+
+    public var total: Int { put + get + ack + reply }
 }
 
 /// A point-in-time copy of every counter of an LNet instance (what `lnetctl stats show` prints).
@@ -89,7 +130,10 @@ extension String {
 /// Live counters of one interface: an in-process snapshot for `lnetctl`, and swift-metrics counters
 /// (`lnet_messages_sent_total`, `lnet_bytes_sent_total`, `lnet_messages_received_total`,
 /// `lnet_bytes_received_total`, `lnet_drops_total`, `lnet_errors_total`, dimension `ni`; plus `peer` when
-/// per-peer metrics are enabled).
+/// per-peer metrics are enabled; `lnet_messages_sent_by_type_total` and `lnet_messages_received_by_type_total`,
+/// dimensions `ni` and `type`). Each event updates the snapshot and its swift-metrics counter in the same call, by
+/// the same amount: the control socket (`lnetctl stats show`) reports the snapshot, so its numbers are the
+/// swift-metrics values.
 final class NICounters: Sendable {
     private struct Metrics: Sendable {
         let messagesSent: Counter
@@ -128,10 +172,16 @@ final class NICounters: Sendable {
         var finalizedOK = 0
         var finalizedWithError = 0
         var unfinalizedAtShutdown = 0
+        var sentByType = LNetMessageTypeCounts()
     }
 
     private let state = Mutex(State())
     private let metrics: Metrics
+    /// Incoming messages by type, bumped once per parse without taking the lock.
+    private let receivedPut = Atomic<Int>(0), receivedGet = Atomic<Int>(0), receivedAck = Atomic<Int>(0), receivedReply = Atomic<Int>(0)
+    /// The swift-metrics counters by type (index: the type's raw value - 1).
+    private let sentByTypeMetrics: [Counter]
+    private let receivedByTypeMetrics: [Counter]
     private let prefix: String
     private let nid: NID
     private let perPeerMetrics: Bool
@@ -143,6 +193,16 @@ final class NICounters: Sendable {
         self.perPeerMetrics = perPeerMetrics
         self.factory = factory ?? MetricsSystem.factory
         self.metrics = Metrics(prefix: prefix, dimensions: [("ni", nid.description)], factory: self.factory)
+        let types: [LNetMessageType] = [.put, .get, .ack, .reply]
+        let factory = self.factory
+        sentByTypeMetrics = types.map { type in
+            Counter(label: "\(prefix)_messages_sent_by_type_total", dimensions: [("ni", nid.description), ("type", type.metricName)],
+                    factory: factory)
+        }
+        receivedByTypeMetrics = types.map { type in
+            Counter(label: "\(prefix)_messages_received_by_type_total", dimensions: [("ni", nid.description), ("type", type.metricName)],
+                    factory: factory)
+        }
     }
 
     /// What one finalized message adds to the counters.
@@ -209,8 +269,31 @@ final class NICounters: Sendable {
         state.withLock { $0.doubleFinalizations += 1 }
     }
 
-    func recordHandedToLND() {
-        state.withLock { $0.handed += 1 }
+    /// A message is handed to the LND (counted by type when it is outgoing).
+    func recordHandedToLND(_ message: LNetMessage) {
+        let outgoing = message.direction == .outgoing
+        let type = message.type
+        state.withLock { state in
+            state.handed += 1
+            if outgoing { state.sentByType[type] += 1 }
+        }
+        if outgoing { sentByTypeMetrics[Int(type.rawValue) - 1].increment() }
+    }
+
+    /// The LND delivered an incoming message of `type` (before matching).
+    func recordParsed(_ type: LNetMessageType) {
+        switch type {
+        case .put: receivedPut.add(1, ordering: .relaxed)
+        case .get: receivedGet.add(1, ordering: .relaxed)
+        case .ack: receivedAck.add(1, ordering: .relaxed)
+        case .reply: receivedReply.add(1, ordering: .relaxed)
+        }
+        receivedByTypeMetrics[Int(type.rawValue) - 1].increment()
+    }
+
+    private var receivedByType: LNetMessageTypeCounts {
+        LNetMessageTypeCounts(put: receivedPut.load(ordering: .relaxed), get: receivedGet.load(ordering: .relaxed),
+                              ack: receivedAck.load(ordering: .relaxed), reply: receivedReply.load(ordering: .relaxed))
     }
 
     func recordUnfinalizedAtShutdown(_ count: Int) {
@@ -218,11 +301,25 @@ final class NICounters: Sendable {
     }
 
     func snapshot(pending: Int) -> LNetInterfaceCounters {
-        state.withLock { state in
+        let received = receivedByType
+        return state.withLock { state in
             LNetInterfaceCounters(nid: nid, totals: state.totals, peers: state.peers, pendingMessages: pending,
                                   doubleFinalizations: state.doubleFinalizations, messagesHandedToLND: state.handed,
                                   finalizedOK: state.finalizedOK, finalizedWithError: state.finalizedWithError,
-                                  unfinalizedAtShutdown: state.unfinalizedAtShutdown)
+                                  unfinalizedAtShutdown: state.unfinalizedAtShutdown, sentByType: state.sentByType,
+                                  receivedByType: received)
+        }
+    }
+}
+
+extension LNetMessageType {
+    /// The name in metric labels and JSON: `put`, `get`, `ack`, `reply`.
+    public var metricName: String {
+        switch self {
+        case .put: "put"
+        case .get: "get"
+        case .ack: "ack"
+        case .reply: "reply"
         }
     }
 }

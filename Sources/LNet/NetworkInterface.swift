@@ -76,7 +76,8 @@ public final class LNetNI: Sendable, CustomStringConvertible {
     ///   - wantsRDMA: the LND moves the data itself by RDMA (recorded in ``LNetMessage/lndWantsRDMA``).
     @discardableResult
     public func parse(header: LNetHeader, from: NID, context: (any LNDPrivate)?, wantsRDMA: Bool) -> LNetParseOutcome {
-        lnet.parse(ni: self, header: header, from: from, context: context, wantsRDMA: wantsRDMA)
+        counters.recordParsed(header.type)
+        return lnet.parse(ni: self, header: header, from: from, context: context, wantsRDMA: wantsRDMA)
     }
 
     /// Completes a message handed to this LND (`lnet_finalize`). Call exactly once per message; a second call is
@@ -109,7 +110,7 @@ public final class LNetNI: Sendable, CustomStringConvertible {
     // MARK: - Core side
 
     func track(_ message: LNetMessage) {
-        counters.recordHandedToLND()
+        counters.recordHandedToLND(message)
         pending.withLock { tracked in
             guard !message.isTracked else { return }
             message.isTracked = true
