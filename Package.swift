@@ -90,7 +90,7 @@ let package = Package(
         .target(name: "WireFuzzChecks", dependencies: ["RDMALND", "LNet"], path: "Fuzz/WireFuzzChecks"),
         .executableTarget(name: "WireFuzz", dependencies: ["WireFuzzChecks"], path: "Fuzz/WireFuzz"),
         .testTarget(name: "VerbsTests", dependencies: ["Verbs"]),
-        .testTarget(name: "LNetTests", dependencies: ["LNet"]),
+        .testTarget(name: "LNetTests", dependencies: ["LNet", .product(name: "MetricsTestKit", package: "swift-metrics")]),
         .testTarget(name: "RDMALNDTests", dependencies: ["RDMALND", "Verbs", "LNet", "WireFuzzChecks"]),
         .testTarget(name: "LNetSelftestTests", dependencies: ["LNetSelftest", "LNet"]),
         // Runs the built Examples/ binaries (over 0@lo here, over rxe in the device suite).
