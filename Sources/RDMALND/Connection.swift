@@ -317,16 +317,29 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     // MARK: - What lnetctl shows
 
     var info: LNDConnectionInfo {
-        state.withLock { state in
+        let now = Tick.coarse
+        return state.withLock { state in
             let retransmission = state.phase == .established ? try? state.resources?.queuePair.retransmission() : nil
-            return LNDConnectionInfo(peer: peer, role: role.rawValue, phase: "\(state.phase)",
-                                     queueDepth: Int(state.resources?.limits.queueDepth ?? 0),
-                                     pathMTU: (try? state.resources?.queuePair.pathMTU())??.rawValue,
-                                     ackTimeout: retransmission.map { Int($0.ackTimeout) },
-                                     retryCount: retransmission.map { Int($0.retryCount) },
-                                     credits: state.queue.credits.available,
-                                     pending: state.waiting.count + state.queue.queuedCount + state.transactions.count,
-                                     scheduler: scheduler.index)
+            var info = LNDConnectionInfo(peer: peer, role: role.rawValue, phase: "\(state.phase)",
+                                         queueDepth: Int(state.resources?.limits.queueDepth ?? 0),
+                                         pathMTU: (try? state.resources?.queuePair.pathMTU())??.rawValue,
+                                         ackTimeout: retransmission.map { Int($0.ackTimeout) },
+                                         retryCount: retransmission.map { Int($0.retryCount) },
+                                         credits: state.queue.credits.available,
+                                         pending: state.waiting.count + state.queue.queuedCount + state.transactions.count,
+                                         scheduler: scheduler.index)
+            info.creditsOwed = state.queue.credits.owed
+            info.waiting = state.waiting.count
+            info.queuedControl = state.queue.control.count
+            info.queuedEager = state.queue.eager.count
+            info.queuedRequests = state.queue.requests.count
+            info.queuedRDMA = state.queue.rdma.count
+            info.posted = state.queue.posted.count
+            info.transactions = state.transactions.count
+            info.transactionsInitiated = state.queue.credits.transactions
+            info.sinceReceive = now.duration(since: state.lastReceive)
+            info.sinceSend = now.duration(since: state.lastSend)
+            return info
         }
     }
 

@@ -154,6 +154,11 @@ public final class RDMALND: LNetLND {
         runtime.withLock { $0?.schedulerCPUs ?? [] }
     }
 
+    /// The verbs device the interface is on (nil before start-up).
+    public var deviceName: String? {
+        runtime.withLock { $0?.context.protectionDomain.context.name }
+    }
+
     /// Connections currently in the peer table, by peer.
     public var connectionCount: Int {
         runtime.withLock { $0?.connectionCount ?? 0 }
@@ -366,4 +371,21 @@ public struct LNDConnectionInfo: Sendable, Hashable {
     public var pending: Int
     /// The scheduler (thread) the connection is placed on.
     public var scheduler: Int
+    /// Credits this side owes the peer (returned in its next message, or a NOOP at the high-water mark).
+    public var creditsOwed = 0
+    /// LNet messages waiting for the connection (to be established, or behind earlier ones).
+    public var waiting = 0
+    /// The send queue: control messages, eager messages, bulk requests waiting for a transaction slot, RDMA
+    /// transfers; and work requests posted, not yet completed.
+    public var queuedControl = 0
+    public var queuedEager = 0
+    public var queuedRequests = 0
+    public var queuedRDMA = 0
+    public var posted = 0
+    /// Transactions open on the connection (either side's), and those this side started (at most the queue depth).
+    public var transactions = 0
+    public var transactionsInitiated = 0
+    /// Time since a message last arrived on the connection, and since one was last sent (coarse clock).
+    public var sinceReceive: Duration = .zero
+    public var sinceSend: Duration = .zero
 }
