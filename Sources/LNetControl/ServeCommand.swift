@@ -12,7 +12,9 @@ struct ServeCommand: AsyncParsableCommand {
         discussion: """
             A read's data moves the way this server's LND decides (the GET's target): start it with LND_GET_MODE=pull \
             or push to choose. A write's mode is the client's (LND_PUT_MODE, or `selftest --mode`). The server tells \
-            clients its modes when a session starts.
+            clients its modes when a session starts. With --control-socket PATH (or LNET_CONTROL_SOCKET) the node \
+            answers `lnetctl net show`, `peer show`, `conns show` and `stats show`/`reset` on a Unix socket there \
+            (mode 0600), removed when the server stops.
             """)
 
     @OptionGroup var node: NodeOptions
@@ -28,6 +30,9 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Write this process's pid to the file once serving (for scripts).", valueName: "path"))
     var readyFile: String?
+
+    @Option(name: .long, help: ArgumentHelp("Serve the node's status on a Unix socket here (default: LNET_CONTROL_SOCKET; none if unset).", valueName: "path"))
+    var controlSocket: String?
 
     @Flag(name: .long, help: "Print one JSON object (the server's figures) when stopped.")
     var json = false
@@ -50,9 +55,22 @@ struct ServeCommand: AsyncParsableCommand {
                 putMode: tunables.map { AdvertisedBulkMode($0.putMode) } ?? .unknown)
             let server = SelftestServer(lnet: control.lnet, nid: control.nid, configuration: configuration, logger: logger)
             do { try server.start() } catch { throw CommandFailure("cannot start the self-test server: \(error)") }
+            let controlServer: LNetControlServer?
+            do {
+                if let controlSocket {
+                    controlServer = try control.lnet.startControlServer(path: controlSocket)
+                } else {
+                    controlServer = try control.lnet.startControlServerFromEnvironment()
+                }
+            } catch {
+                server.stop()
+                throw CommandFailure("cannot serve the control socket: \(error)")
+            }
+            defer { controlServer?.stop() }
             let started = ContinuousClock.now
             let modes = tunables.map { "GET mode \($0.getMode.rawValue), PUT mode \($0.putMode.rawValue)" } ?? "loopback"
-            console.err("lnetctl serve: serving ping and self-test on \(control.processID) (\(modes)); pid \(getpid()); stop with SIGINT or SIGTERM")
+            let socketNote = controlServer.map { "; control socket \($0.path)" } ?? ""
+            console.err("lnetctl serve: serving ping and self-test on \(control.processID) (\(modes)); pid \(getpid())\(socketNote); stop with SIGINT or SIGTERM")
             if let readyFile {
                 do { try "\(getpid())\n".write(toFile: readyFile, atomically: true, encoding: .utf8) } catch {
                     server.stop()
@@ -61,6 +79,7 @@ struct ServeCommand: AsyncParsableCommand {
             }
             let signal = await signals.wait()
             let stats = server.statistics
+            controlServer?.stop()
             server.stop()
             let report = control.shutdownAndReport()
             let usage = ResourceUsage.current()
@@ -86,6 +105,7 @@ struct ServeCommand: AsyncParsableCommand {
                     "max_rss_kib": .uint(usage.maxRSSKiB),
                     "lnet": report.lnetJSON,
                     "lnd": report.lndJSON,
+                    "control_socket": controlServer.map { .string($0.path) } ?? .null,
                 ]))
             } else {
                 console.out("served \(stats.sessionsOpened) sessions (\(stats.sessionsRefused) refused), \(stats.operationsServed) operations, "
