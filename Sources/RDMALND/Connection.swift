@@ -264,7 +264,13 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
                 if id.portState() == .down {
                     logger.info("port down: not sending a disconnect request")
                 } else {
-                    try? id.disconnect()
+                    do {
+                        try id.disconnect()
+                    } catch {
+                        // Not established at the CM yet (rdma_cm refuses a DREQ before the RTU): the CM thread sends
+                        // it when the ESTABLISHED event comes.
+                        logger.info("disconnect request deferred: \(error)")
+                    }
                 }
             }
             // Posted sends still own transmit descriptors: the scheduler keeps polling until the flush returns them.

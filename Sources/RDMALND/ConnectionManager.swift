@@ -160,7 +160,10 @@ final class ConnectionManager: @unchecked Sendable {
                 fail(connection, "completing the connection failed: \(error)", status: .unreachable)
             }
         case .established:
-            break
+            // A connection closed before rdma_cm saw it established (the passive side closes on a bad first message
+            // before the peer's RTU arrives) could not send its disconnect request then: send it now, or the peer
+            // never learns.
+            if connection.phase == .closed { disconnectLate(id, connection) }
         case .rejected:
             byID[key] = nil
             handleReject(event, connection: connection, limits: limits)
@@ -176,6 +179,15 @@ final class ConnectionManager: @unchecked Sendable {
             fail(connection, "device removed", status: .connectionClosed)
         default:
             break
+        }
+    }
+
+    private func disconnectLate(_ id: CMID, _ connection: Connection) {
+        do {
+            try id.disconnect()
+            logger.info("sent the disconnect request \(connection) could not send when it closed")
+        } catch {
+            logger.warning("disconnecting \(connection) failed: \(error)")
         }
     }
 
