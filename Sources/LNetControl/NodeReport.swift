@@ -8,6 +8,8 @@ import RDMALND
 struct NodeReport: Sendable {
     var interfaces: [LNetInterfaceCounters]
     var lndCounters: LNDCountersSnapshot?
+    /// The LND's registration cache just before shutdown.
+    var registration: RegistrationCacheStatistics?
     /// The LND's connections just before shutdown.
     var connectionsAtEnd: [LNDConnectionInfo]
 
@@ -51,6 +53,11 @@ struct NodeReport: Sendable {
             "rdma_reads": .int(counters.rdmaReads),
             "rdma_writes": .int(counters.rdmaWrites),
             "noops": .int(counters.noops),
+            "registration": registration.map { cache in
+                .object(["capacity": .int(cache.capacity), "hits": .int(cache.hits), "misses": .int(cache.misses),
+                         "evictions": .int(cache.evictions), "reclaims": .int(cache.reclaims), "remote_grants": .int(cache.remoteGrants),
+                         "uncached": .int(cache.uncachedRegistrations), "cached_bytes": .int(cache.cachedBytes)])
+            } ?? .null,
             "connections_at_end": .array(connectionsAtEnd.map { connection in
                 .object(["peer": .string(connection.peer.description), "role": .string(connection.role),
                          "phase": .string(connection.phase), "ack_timeout": connection.ackTimeout.map { .int($0) } ?? .null,

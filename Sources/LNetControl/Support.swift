@@ -191,8 +191,10 @@ final class ControlNode: Sendable {
     func shutdownAndReport(connections taken: [LNDConnectionInfo]? = nil) -> NodeReport {
         let connections = taken ?? lnd?.connections ?? []
         let lndCounters = lnd?.counters
+        let registration = lnd?.registrationStatistics
         shutdown()
-        return NodeReport(interfaces: lnet.counters().interfaces, lndCounters: lndCounters, connectionsAtEnd: connections)
+        return NodeReport(interfaces: lnet.counters().interfaces, lndCounters: lndCounters, registration: registration,
+                          connectionsAtEnd: connections)
     }
 }
 

@@ -115,8 +115,12 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             capabilities: QueuePairCapabilities(maxSendWorkRequests: sendLimit + rdmaBudget, maxReceiveWorkRequests: receiveSlots,
                                                 maxSendScatterGather: context.maxScatterGather, maxReceiveScatterGather: 1))
         try id.transition(qp, to: .initialized)
-        let receiveBuffers = try MemoryRegion(protectionDomain: context.protectionDomain, length: receiveSlots * messageSize,
-                                              access: [.localWrite])
+        let receiveBuffers: MemoryRegion
+        do {
+            receiveBuffers = try MemoryRegion(protectionDomain: context.protectionDomain, length: receiveSlots * messageSize, access: [.localWrite])
+        } catch {
+            throw context.registrar.memoryLock.annotated(error)
+        }
         for slot in 0..<receiveSlots {
             try qp.postReceive(id: UInt64(slot), receiveBuffers.sge(offset: slot * messageSize, length: messageSize))
         }

@@ -36,11 +36,14 @@ protocol Registrar: Sendable {
 final class LNDRegistrar: Registrar, @unchecked Sendable {
     let cache: RegistrationCache
     let direct: PerTransferRegistrar
+    /// The memlock limit and what the LND pins, for the advice a registration refused for it carries.
+    let memoryLock: MemoryLockBudget
     private let token: UInt64
 
-    init(protectionDomain: ProtectionDomain, tunables: LNDTunables) {
+    init(protectionDomain: ProtectionDomain, tunables: LNDTunables, memoryLock: MemoryLockBudget) {
         let cache = RegistrationCache(protectionDomain: protectionDomain, tunables: tunables)
         self.cache = cache
+        self.memoryLock = memoryLock
         self.direct = PerTransferRegistrar(protectionDomain: protectionDomain)
         self.token = LNetBuffer.releaseObservers.add { base, length in
             cache.invalidate(address: UnsafeRawPointer(base), length: length)
@@ -53,16 +56,26 @@ final class LNDRegistrar: Registrar, @unchecked Sendable {
     }
 
     func grant(_ segments: [UnsafeMutableRawBufferPointer], access: MemoryAccess) throws(VerbsError) -> MemoryGrant {
-        try direct.grant(segments, access: access)
+        try withinMemoryLock { () throws(VerbsError) in try direct.grant(segments, access: access) }
     }
 
     /// Grants access to a window of an MD, through the cache when that is safe.
     func grant(_ window: LNetMDWindow, access: MemoryAccess) throws(VerbsError) -> MemoryGrant {
         let remote = !access.isDisjoint(with: [.remoteRead, .remoteWrite, .remoteAtomic])
         if window.isBufferBacked && !remote && cache.capacity > 0 {
-            return try cache.grant(window.segments, access: access)
+            return try withinMemoryLock { () throws(VerbsError) in try cache.grant(window.segments, access: access) }
         }
-        return try direct.grant(window.segments, access: access)
+        return try withinMemoryLock { () throws(VerbsError) in try direct.grant(window.segments, access: access) }
+    }
+
+    /// A registration that the memlock limit refuses even with the cache's idle registrations dropped fails
+    /// with the limit and the fix in its detail.
+    private func withinMemoryLock(_ register: () throws(VerbsError) -> MemoryGrant) throws(VerbsError) -> MemoryGrant {
+        do {
+            return try cache.reclaiming(register)
+        } catch {
+            throw memoryLock.annotated(error)
+        }
     }
 }
 

@@ -40,6 +40,8 @@ extension RDMALND: LNetLNDStatusReporting {
                 LNDMetric("registration_cache_hits", .counter, cache.hits, help: "Registration cache lookups answered by a cached registration."),
                 LNDMetric("registration_cache_misses", .counter, cache.misses, help: "Registration cache lookups that had to register."),
                 LNDMetric("registration_cache_evictions", .counter, cache.evictions, help: "Cached registrations dropped to make room."),
+                LNDMetric("registration_reclaims", .counter, cache.reclaims,
+                          help: "Registrations the memlock limit refused that went through once idle cached registrations were dropped."),
                 LNDMetric("registrations_uncached", .counter, cache.uncachedRegistrations, help: "Registrations made outside the cache."),
                 LNDMetric("remote_grants", .counter, cache.remoteGrants, help: "Remote-access registrations made for transfers."),
                 LNDMetric("registered_bytes", .counter, cache.bytesRegistered,

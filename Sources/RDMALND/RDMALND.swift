@@ -195,9 +195,16 @@ final class LNDRuntime: @unchecked Sendable {
     init(ni: LNetNI, tunables: LNDTunables, logger: Logger, expectedDevice: String?) throws {
         var logger = logger
         logger[metadataKey: "ni"] = "\(ni.nid)"
+        let budget = MemoryLockBudget.current(tunables: tunables)
+        try budget.check()
         let channel = try CMEventChannel()
         let listener = try channel.createID()
-        try listener.bind(IPv4Endpoint(formatIPv4(ni.nid.address), port: UInt16(tunables.servicePort)))
+        do throws(VerbsError) {
+            try listener.bind(IPv4Endpoint(formatIPv4(ni.nid.address), port: UInt16(tunables.servicePort)))
+        } catch {
+            guard error.errno == EACCES, tunables.servicePort < 1024 else { throw error }
+            throw LNDStartupError.privilegedPort(port: tunables.servicePort, cause: error)
+        }
         guard let device = listener.deviceContext else {
             throw VerbsError(call: "rdma_bind_addr", errno: 19, detail: "\(formatIPv4(ni.nid.address)) is on no RDMA device")
         }
@@ -210,10 +217,14 @@ final class LNDRuntime: @unchecked Sendable {
         let readDepth = UInt8(clamping: min(limits.maxInitiatorDepth, limits.maxResponderResources, 16))
         let stamp = UInt64(Date().timeIntervalSince1970 * 1_000_000_000)
         let messageSize = WireFormat.maxMessageSize(immediateSize: tunables.immediateSize, maxFragments: tunables.maxFragments)
-        let pool = try TransmitPool(protectionDomain: protectionDomain, count: tunables.ntx, messageSize: messageSize,
-                                    credits: tunables.credits)
+        let pool: TransmitPool
+        do throws(VerbsError) {
+            pool = try TransmitPool(protectionDomain: protectionDomain, count: tunables.ntx, messageSize: messageSize, credits: tunables.credits)
+        } catch {
+            throw budget.annotated(error)
+        }
         context = LNDContext(ni: ni, tunables: tunables, stamp: stamp, logger: logger, protectionDomain: protectionDomain,
-                             registrar: LNDRegistrar(protectionDomain: protectionDomain, tunables: tunables), pool: pool, readDepth: readDepth,
+                             registrar: LNDRegistrar(protectionDomain: protectionDomain, tunables: tunables, memoryLock: budget), pool: pool, readDepth: readDepth,
                              maxScatterGather: min(limits.maxScatterGather, 16))
         for index in 0..<tunables.effectiveSchedulers {
             schedulers.append(try Scheduler(index: index, context: device, logger: logger, partitions: ni.partitions, tunables: tunables))

@@ -28,9 +28,13 @@ public struct RegistrationCacheStatistics: Sendable, Hashable {
     public var cachedBytes: Int
     /// Bytes registered over the cache's life: cached, uncached and remote grants.
     public var bytesRegistered: Int
+    /// Registrations the memlock limit (`RLIMIT_MEMLOCK`) refused that went through once the cache dropped the
+    /// registrations nobody was using.
+    public var reclaims: Int
 
     public init(capacity: Int = 0, hits: Int = 0, misses: Int = 0, evictions: Int = 0, uncachedRegistrations: Int = 0,
-                remoteGrants: Int = 0, entries: Int = 0, entriesInUse: Int = 0, cachedBytes: Int = 0, bytesRegistered: Int = 0) {
+                remoteGrants: Int = 0, entries: Int = 0, entriesInUse: Int = 0, cachedBytes: Int = 0, bytesRegistered: Int = 0,
+                reclaims: Int = 0) {
         self.capacity = capacity
         self.hits = hits
         self.misses = misses
@@ -38,6 +42,7 @@ public struct RegistrationCacheStatistics: Sendable, Hashable {
         self.uncachedRegistrations = uncachedRegistrations
         self.remoteGrants = remoteGrants
         self.entries = entries
+        self.reclaims = reclaims
         self.entriesInUse = entriesInUse
         self.cachedBytes = cachedBytes
         self.bytesRegistered = bytesRegistered
@@ -274,6 +279,13 @@ public final class RegistrationCache: @unchecked Sendable {
         table.purge()
     }
 
+    /// Runs `register`; when the kernel refuses it for the memlock limit (`ENOMEM`: pinning more would pass
+    /// `RLIMIT_MEMLOCK`), drops the cached registrations nobody is using and runs it once more. So the cache's
+    /// idle registrations never make a transfer fail that would fit without them.
+    public func reclaiming<T>(_ register: () throws(VerbsError) -> T) throws(VerbsError) -> T {
+        try table.reclaiming(register)
+    }
+
     public var statistics: RegistrationCacheStatistics {
         var statistics = table.statistics
         let remote = remoteCounts.withLock { $0 }
@@ -343,6 +355,7 @@ final class RegistrationTable<Region: CacheableRegistration>: @unchecked Sendabl
         var evictions = 0
         var uncached = 0
         var bytesRegistered = 0
+        var reclaims = 0
     }
 
     let capacity: Int
@@ -469,6 +482,23 @@ final class RegistrationTable<Region: CacheableRegistration>: @unchecked Sendabl
         dropped.removeAll()
     }
 
+    /// Runs `register`; when it fails with ENOMEM (the memlock limit), deregisters every registration not in use
+    /// and, if that dropped any, runs it once more (counted in `reclaims` when it then succeeds).
+    func reclaiming<T>(_ register: () throws(VerbsError) -> T) throws(VerbsError) -> T {
+        do throws(VerbsError) {
+            return try register()
+        } catch {
+            guard error.errno == ENOMEM else { throw error }
+            var dropped: [Region] = []
+            state.withLock { state in dropped = Self.sweep(&state, all: true) }
+            guard !dropped.isEmpty else { throw error }
+            dropped.removeAll()
+            let result = try register()
+            state.withLock { $0.reclaims += 1 }
+            return result
+        }
+    }
+
     var statistics: RegistrationCacheStatistics {
         var dropped: [Region] = []
         defer { dropped.removeAll() }
@@ -479,7 +509,7 @@ final class RegistrationTable<Region: CacheableRegistration>: @unchecked Sendabl
             return RegistrationCacheStatistics(
                 capacity: capacity, hits: state.hits, misses: state.misses, evictions: state.evictions,
                 uncachedRegistrations: state.uncached, entries: state.entries.count, entriesInUse: inUse,
-                cachedBytes: state.cachedBytes, bytesRegistered: state.bytesRegistered)
+                cachedBytes: state.cachedBytes, bytesRegistered: state.bytesRegistered, reclaims: state.reclaims)
         }
     }
 

@@ -29,6 +29,12 @@ final class FakeRegistrar: Sendable {
         var registrations: [(address: UInt64, length: Int, access: MemoryAccess)] = []
         var deregistrations: [(address: UInt64, length: Int)] = []
         var failAt: UInt64?
+        /// Registrations fail with ENOMEM when the bytes registered and not yet deregistered would pass this, as
+        /// the kernel refuses to pin past RLIMIT_MEMLOCK.
+        var pinLimit: Int?
+        var pinned: Int {
+            registrations.reduce(0) { $0 + $1.length } - deregistrations.reduce(0) { $0 + $1.length }
+        }
     }
 
     let ledger = Mutex(Ledger())
@@ -38,6 +44,7 @@ final class FakeRegistrar: Sendable {
             let address = UInt64(UInt(bitPattern: bytes.baseAddress))
             let lkey: UInt32? = ledger.withLock { ledger in
                 if ledger.failAt == address { return nil }
+                if let limit = ledger.pinLimit, ledger.pinned + bytes.count > limit { return nil }
                 ledger.registrations.append((address, bytes.count, access))
                 return UInt32(ledger.registrations.count)
             }

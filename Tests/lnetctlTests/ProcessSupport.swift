@@ -33,11 +33,24 @@ enum LnetctlBinary {
         return environment
     }
 
-    static func start(_ arguments: [String], environment extra: [String: String] = [:]) throws -> (Process, Pipe, Pipe) {
+    /// Another user, with a memlock limit (bytes; nil: unlimited): run through prlimit and setpriv (as root).
+    struct OrdinaryUser {
+        var uid = 65534
+        var memlock: Int?
+    }
+
+    static func start(_ arguments: [String], environment extra: [String: String] = [:], as user: OrdinaryUser? = nil) throws -> (Process, Pipe, Pipe) {
         try #require(exists, "no lnetctl at \(url.path) (swift build builds it; LNETCTL_BINARY names another)")
         let process = Process()
-        process.executableURL = url
-        process.arguments = arguments
+        if let user {
+            let limit = user.memlock.map(String.init) ?? "unlimited"
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
+            process.arguments = ["--memlock=\(limit):\(limit)", "--", "/usr/bin/setpriv", "--reuid=\(user.uid)", "--regid=\(user.uid)",
+                                 "--clear-groups", "--inh-caps=-all", "--", url.path] + arguments
+        } else {
+            process.executableURL = url
+            process.arguments = arguments
+        }
         process.environment = environment(extra)
         let out = Pipe()
         let err = Pipe()
@@ -49,8 +62,9 @@ enum LnetctlBinary {
     }
 
     /// Runs to completion (killing it after `timeout` seconds).
-    static func run(_ arguments: [String], environment extra: [String: String] = [:], timeout: Double = 120) async throws -> Outcome {
-        let (process, out, err) = try start(arguments, environment: extra)
+    static func run(_ arguments: [String], environment extra: [String: String] = [:], as user: OrdinaryUser? = nil,
+                    timeout: Double = 120) async throws -> Outcome {
+        let (process, out, err) = try start(arguments, environment: extra, as: user)
         return try await finish(process, out, err, timeout: timeout)
     }
 
