@@ -165,7 +165,7 @@ public final class LNetControlServer: Sendable {
         let raw = takeStatus()
         guard let (base, at) = baseline.withLock({ $0 }) else { return raw }
         var status = raw.subtracting(base)
-        status.secondsSinceReset = (ContinuousClock.now - at).seconds
+        status.secondsSinceReset = (ContinuousClock.now - at).inSeconds
         return status
     }
 
@@ -197,7 +197,7 @@ public final class LNetControlServer: Sendable {
                 sentByType: LNetTypeCountStatus(counters.sentByType), receivedByType: LNetTypeCountStatus(counters.receivedByType),
                 accounting: LNetAccountingStatus(counters), peers: peers, lndStatus: lndStatus)
         }
-        return LNetNodeStatus(processId: getpid(), lnetPid: lnet.pid, uptimeSeconds: (ContinuousClock.now - started).seconds,
+        return LNetNodeStatus(processId: getpid(), lnetPid: lnet.pid, uptimeSeconds: (ContinuousClock.now - started).inSeconds,
                               interfaces: interfaces)
     }
 
@@ -398,14 +398,11 @@ public final class LNetControlServer: Sendable {
     }
 
     static func seconds(_ duration: Duration) -> String {
-        let value = duration.seconds
+        let value = duration.inSeconds
         return value == value.rounded() ? String(Int(value)) : String(value)
     }
 
-    static func milliseconds(_ duration: Duration) -> Int {
-        let (seconds, attoseconds) = duration.components
-        return Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
-    }
+    static func milliseconds(_ duration: Duration) -> Int { Int(duration.inMilliseconds) }
 }
 
 /// One answer on the control socket: `{"ok": true, "status": {...}}`, `{"ok": true, "reset": true}` or
@@ -441,12 +438,5 @@ extension LNet {
         }
         guard let path = value, !path.isEmpty else { return nil }
         return try startControlServer(path: path)
-    }
-}
-
-extension Duration {
-    var seconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
     }
 }

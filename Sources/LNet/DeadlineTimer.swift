@@ -83,8 +83,7 @@ final class DeadlineTimer: Sendable {
     private func arm(_ state: inout State, for deadline: ContinuousClock.Instant) {
         state.armed = deadline
         let delay = ContinuousClock.now.duration(to: deadline)
-        let (seconds, attoseconds) = max(delay, .zero).components
-        let nanoseconds = Int(clamping: seconds) &* 1_000_000_000 &+ Int(attoseconds / 1_000_000_000)
+        let nanoseconds = Int(max(delay, .zero).inNanoseconds)
         source.schedule(deadline: .now() + .nanoseconds(max(0, nanoseconds)), leeway: .microseconds(200))
     }
 

@@ -152,8 +152,9 @@ public struct NID: Hashable, Sendable, CustomStringConvertible, Comparable {
     public static func < (lhs: NID, rhs: NID) -> Bool { lhs.rawValue < rhs.rawValue }
 }
 
-/// Parses a dotted-quad IPv4 address into a host-order `UInt32`; `nil` if malformed.
-func parseIPv4(_ text: some StringProtocol) -> UInt32? {
+/// Parses a dotted-quad IPv4 address into a host-order `UInt32`; `nil` if malformed. For every module of the
+/// package (the RDMA LND's addresses are NIDs' addresses).
+package func parseIPv4(_ text: some StringProtocol) -> UInt32? {
     let octets = text.split(separator: ".", omittingEmptySubsequences: false)
     guard octets.count == 4 else { return nil }
     var value: UInt32 = 0
@@ -166,6 +167,6 @@ func parseIPv4(_ text: some StringProtocol) -> UInt32? {
 }
 
 /// Formats a host-order IPv4 address as a dotted quad.
-func formatIPv4(_ address: UInt32) -> String {
+package func formatIPv4(_ address: UInt32) -> String {
     "\(address >> 24).\((address >> 16) & 0xFF).\((address >> 8) & 0xFF).\(address & 0xFF)"
 }

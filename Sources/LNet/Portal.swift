@@ -1,56 +1,5 @@
 import DequeModule
 
-/// The core's record of a live MD. Only touched with the core lock held.
-final class MDRecord {
-    let handle: MDHandle
-    let storage: MDStorage
-    /// Operations left; `nil` means no limit.
-    var remaining: Int?
-    let options: MemoryDescriptor.Options
-    let eventQueue: EventQueue?
-    let userInfo: (any Sendable)?
-    let unlinkPolicy: LNetUnlinkPolicy
-    /// The running offset used when the MD does not manage remote offsets.
-    var localOffset = 0
-    /// Messages attached to the MD and not yet finalized.
-    var pending = 0
-    /// Unlink requested; the MD matches nothing and goes away when `pending` reaches zero.
-    var zombie = false
-    /// The match entry the MD hangs off, if any.
-    var matchEntry: (portal: UInt32, handle: MEHandle, entry: MatchEntry)?
-
-    init(handle: MDHandle, storage: MDStorage, descriptor: MemoryDescriptor, unlinkPolicy: LNetUnlinkPolicy) {
-        self.handle = handle
-        self.storage = storage
-        switch descriptor.threshold {
-        case .infinite: remaining = nil
-        case .count(let count): remaining = count
-        }
-        self.options = descriptor.options
-        self.eventQueue = descriptor.eventQueue
-        self.userInfo = descriptor.userInfo
-        self.unlinkPolicy = unlinkPolicy
-    }
-
-    var length: Int { storage.length }
-
-    /// Whether the MD may take part in one more operation.
-    var isActive: Bool { !zombie && remaining != 0 }
-
-    /// Whether the MD should be unlinked now.
-    var isUnlinkable: Bool { pending == 0 && (zombie || (unlinkPolicy == .unlink && remaining == 0)) }
-
-    /// Takes one operation: uses one unit of threshold and pins the MD until the message is finalized.
-    func attach() {
-        if let remaining { self.remaining = remaining - 1 }
-        pending += 1
-    }
-
-    func window(offset: Int, length: Int) -> LNetMDWindow {
-        LNetMDWindow(storage: storage, offset: offset, length: length)
-    }
-}
-
 /// One match entry on a portal's list.
 struct PortalEntry {
     let handle: MEHandle

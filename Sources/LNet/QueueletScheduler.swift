@@ -282,9 +282,7 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
             // Shutdown signals the semaphore, so a long tick never delays it.
             let wait = due - ContinuousClock.now
             if wait > .zero {
-                let components = wait.components
-                let nanoseconds = Int(components.seconds) * 1_000_000_000 + Int(components.attoseconds / 1_000_000_000)
-                _ = tickWakeup.wait(timeout: .now() + .nanoseconds(nanoseconds))
+                _ = tickWakeup.wait(timeout: .now() + .nanoseconds(Int(wait.inNanoseconds)))
             }
             let now = ContinuousClock.now
             for producer in liveProducers() { producer.flush(startedBefore: now - delay, passDue: due, tick: tick) }

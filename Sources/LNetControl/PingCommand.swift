@@ -66,8 +66,7 @@ struct PingCommand: AsyncParsableCommand {
                 let sequence = index + 1
                 do throws(PingError) {
                     let reply = try result.get()
-                    histogram.record(UInt64(clamping: reply.roundTrip.components.seconds * 1_000_000_000
-                                                + reply.roundTrip.components.attoseconds / 1_000_000_000))
+                    histogram.record(UInt64(clamping: reply.roundTrip.inNanoseconds))
                     answeredBy = reply.node
                     replies.append(.object(["seq": .int(sequence), "rtt_us": .number(micros(reply.roundTrip), decimals: 1)]))
                     if !json { console.out("reply from \(reply.node.processID): seq \(sequence) time \(format(micros(reply.roundTrip))) us") }

@@ -124,7 +124,7 @@ struct SelftestCommand: AsyncParsableCommand {
             if showProgress {
                 let total = configuration.count
                 configuration.progress = { progress in
-                    let seconds = progress.elapsed.seconds
+                    let seconds = progress.elapsed.inSeconds
                     let rate = seconds > 0 ? Double(progress.bytes) / 1_048_576 / seconds : 0
                     let done = total.map { "\(progress.attempted)/\($0)" } ?? "\(progress.attempted)"
                     FileHandle.standardError.write(Data("\r\u{1B}[K  \(done) ops  \(format(rate)) MB/s  \(progress.failed) errors  \(format(seconds, 1)) s".utf8))

@@ -90,7 +90,7 @@ struct ServeCommand: AsyncParsableCommand {
                     "nid": .string(control.nid.description),
                     "pid": .int(Int(control.lnet.pid)),
                     "signal": .string(signal == SIGINT ? "SIGINT" : "SIGTERM"),
-                    "uptime_s": .number(uptime.seconds),
+                    "uptime_s": .number(uptime.inSeconds),
                     "get_mode": .string(configuration.getMode.rawValue),
                     "put_mode": .string(configuration.putMode.rawValue),
                     "sessions_opened": .int(stats.sessionsOpened),

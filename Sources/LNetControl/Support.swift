@@ -292,13 +292,6 @@ struct DurationArgument: ExpressibleByArgument, Sendable, Equatable {
     }
 }
 
-extension Duration {
-    var seconds: Double {
-        let c = components
-        return Double(c.seconds) + Double(c.attoseconds) / 1e18
-    }
-}
-
 extension BulkMode: ExpressibleByArgument {}
 extension SelftestOp: ExpressibleByArgument {}
 
@@ -347,7 +340,7 @@ final class SignalWaiter: @unchecked Sendable {
     }
 }
 
-func micros(_ duration: Duration) -> Double { duration.seconds * 1e6 }
+func micros(_ duration: Duration) -> Double { duration.inSeconds * 1e6 }
 
 func format(_ value: Double, _ decimals: Int = 1) -> String {
     String(format: "%.\(decimals)f", value)

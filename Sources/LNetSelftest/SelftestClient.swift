@@ -166,10 +166,7 @@ public struct SelftestResult: Sendable, CustomStringConvertible {
     /// The lengths the run's operations had.
     public var sizes: OperationSizes { OperationSizes(minimum: minSize, maximum: size) }
 
-    public var elapsedSeconds: Double {
-        let c = elapsed.components
-        return Double(c.seconds) + Double(c.attoseconds) / 1e18
-    }
+    public var elapsedSeconds: Double { elapsed.inSeconds }
 
     /// Throughput in MB/s, where (as in perftest) a MB is 2^20 bytes.
     public var megabytesPerSecond: Double { elapsedSeconds > 0 ? Double(bytes) / 1_048_576 / elapsedSeconds : 0 }
@@ -188,7 +185,7 @@ public struct SelftestResult: Sendable, CustomStringConvertible {
             "concurrency": .int(concurrency),
             "count": .int(attempted),
             "requested_count": requestedCount.map { .int($0) } ?? .null,
-            "requested_duration_s": requestedDuration.map { .number(Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18) } ?? .null,
+            "requested_duration_s": requestedDuration.map { .number($0.inSeconds) } ?? .null,
             "attempted": .int(attempted),
             "succeeded": .int(succeeded),
             "failed": .int(failed),
@@ -745,7 +742,7 @@ final class RunEngine: Sendable {
             if ok {
                 state.result.succeeded += 1
                 state.result.bytes += length
-                state.result.latency.record(UInt64(clamping: (now - slot.started).nanoseconds))
+                state.result.latency.record(UInt64(clamping: (now - slot.started).inNanoseconds))
                 if checked { state.result.verifiedOperations += 1 }
             } else {
                 state.result.failed += 1
@@ -812,12 +809,5 @@ final class RunEngine: Sendable {
         for md in unlink { try? lnet.unlink(md) }
         for (index, slot) in finished { complete(index, slot) }
         if let progress { configuration.progress?(progress) }
-    }
-}
-
-extension Duration {
-    var nanoseconds: Int64 {
-        let c = components
-        return c.seconds * 1_000_000_000 + c.attoseconds / 1_000_000_000
     }
 }

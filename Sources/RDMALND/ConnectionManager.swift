@@ -312,8 +312,3 @@ final class ConnectionManager: @unchecked Sendable {
         try? id.reject(privateData: reject.encoded())
     }
 }
-
-/// Dotted-quad text of an IPv4 address held in host order (as in a NID).
-func formatIPv4(_ address: UInt32) -> String {
-    "\(address >> 24 & 0xFF).\(address >> 16 & 0xFF).\(address >> 8 & 0xFF).\(address & 0xFF)"
-}

@@ -62,8 +62,8 @@ extension RDMALND: LNetLNDStatusReporting {
                 creditsOwed: info.creditsOwed, waiting: info.waiting, queuedControl: info.queuedControl, queuedEager: info.queuedEager,
                 queuedRequests: info.queuedRequests, queuedRdma: info.queuedRDMA, posted: info.posted,
                 transactions: info.transactions, transactionsInitiated: info.transactionsInitiated,
-                msSinceReceive: Int(info.sinceReceive.components.seconds * 1000 + info.sinceReceive.components.attoseconds / 1_000_000_000_000_000),
-                msSinceSend: Int(info.sinceSend.components.seconds * 1000 + info.sinceSend.components.attoseconds / 1_000_000_000_000_000),
+                msSinceReceive: Int(info.sinceReceive.inMilliseconds),
+                msSinceSend: Int(info.sinceSend.inMilliseconds),
                 details: details)
         }
         return LNDStatus(properties: properties, metrics: metrics, connections: reported)

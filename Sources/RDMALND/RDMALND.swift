@@ -42,7 +42,7 @@ public final class RDMALND: LNetLND {
         }
         do {
             let port = try DeviceContext(deviceName: name).port(1)
-            guard let text = port.gids.compactMap(\.gid.ipv4Address).first, let address = parseDottedQuad(text) else {
+            guard let text = port.gids.compactMap(\.gid.ipv4Address).first, let address = parseIPv4(text) else {
                 throw LNetError.lndStartupFailed(network: configuration.network, reason: "device \(name) has no IPv4 address")
             }
             return address
@@ -163,18 +163,6 @@ public final class RDMALND: LNetLND {
     public var connectionCount: Int {
         runtime.withLock { $0?.connectionCount ?? 0 }
     }
-}
-
-/// Parses a dotted-quad IPv4 address into host order.
-func parseDottedQuad(_ text: String) -> UInt32? {
-    let parts = text.split(separator: ".")
-    guard parts.count == 4 else { return nil }
-    var value: UInt32 = 0
-    for part in parts {
-        guard let byte = UInt8(part) else { return nil }
-        value = value << 8 | UInt32(byte)
-    }
-    return value
 }
 
 /// What exists between start-up and shut-down: the device resources, threads and the peer table.

@@ -94,7 +94,7 @@ public final class CMID: @unchecked Sendable {
     public func resolveAddress(from source: IPv4Endpoint?, to destination: IPv4Endpoint, timeout: Duration) throws(VerbsError) {
         var src = source?.sockaddr ?? sockaddr_in()
         var dst = destination.sockaddr
-        let ms = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let ms = timeout.pollMilliseconds
         let rc = withUnsafeMutablePointer(to: &src) { srcPointer in
             withUnsafeMutablePointer(to: &dst) { dstPointer in
                 srcPointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { s in
@@ -109,7 +109,7 @@ public final class CMID: @unchecked Sendable {
 
     /// Starts resolving the route; `.routeResolved` follows.
     public func resolveRoute(timeout: Duration) throws(VerbsError) {
-        let ms = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let ms = timeout.pollMilliseconds
         try VerbsError.check("rdma_resolve_route", rdma_resolve_route(pointer, ms))
     }
 

@@ -83,8 +83,7 @@ enum FileDescriptorWait {
         var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         let milliseconds: Int32
         if let timeout {
-            let (seconds, attoseconds) = timeout.components
-            milliseconds = Int32(clamping: max(0, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
+            milliseconds = max(0, timeout.pollMilliseconds)
         } else {
             milliseconds = -1
         }
@@ -94,5 +93,14 @@ enum FileDescriptorWait {
             if VerbsError.current == EINTR { continue }
             throw VerbsError(call: call, errno: VerbsError.current)
         }
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds for poll(2) and rdma_cm's timeouts (truncated, clamped to `Int32`).
+    var pollMilliseconds: Int32 {
+        let (seconds, attoseconds) = components
+        return Int32(clamping: seconds.multipliedReportingOverflow(by: 1000).overflow ? (seconds < 0 ? .min : .max)
+                     : seconds * 1000 + attoseconds / 1_000_000_000_000_000)
     }
 }

@@ -85,7 +85,7 @@ import Testing
         defer { other.shutdown(); victim.shutdown() }
         let limits = ConnectionLimits(queueDepth: 8, maxFragments: 256,
                                       maxMessageSize: UInt32(WireFormat.maxMessageSize(immediateSize: 4096, maxFragments: 256)))
-        var request = ConnectRequest(source: NID(address: parseDottedQuad(MalformedMessageDeviceTests.rawAddress)!, network: .o2ib).rawValue,
+        var request = ConnectRequest(source: NID(address: parseIPv4(MalformedMessageDeviceTests.rawAddress)!, network: .o2ib).rawValue,
                                      sourceStamp: 1, destination: victim.id.nid.rawValue, limits: limits)
         request.version = Handshake.version + 1
         let raw = try RawPeer(address: MalformedMessageDeviceTests.rawAddress, victim: victim, request: request, expectReject: true)

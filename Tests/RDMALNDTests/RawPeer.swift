@@ -22,7 +22,7 @@ final class RawPeer {
 
     /// Connects from `address` to the victim's service port; `request` overrides the handshake.
     init(address: String, victim: LNDNode, request: ConnectRequest? = nil, expectReject: Bool = false) throws {
-        nid = NID(address: parseDottedQuad(address)!, network: .o2ib)
+        nid = NID(address: parseIPv4(address)!, network: .o2ib)
         self.victim = victim.id.nid
         let limits = ConnectionLimits(queueDepth: 8, maxFragments: 256,
                                       maxMessageSize: UInt32(WireFormat.maxMessageSize(immediateSize: 4096, maxFragments: 256)))

@@ -2,7 +2,7 @@ import Testing
 
 @testable import LNet
 
-@Suite struct MemoryWindowTests {
+@Suite struct MDWindowTests {
     private func window(_ parts: [[UInt8]], offset: Int, length: Int) throws -> (LNetMDWindow, [LNetBuffer]) {
         let buffers = try parts.map { try LNetBuffer(copying: $0) }
         let storage = try MemoryDescriptor(storage: .buffers(buffers)).makeStorage()
