@@ -83,7 +83,7 @@
 # timed out, 125 if the harness failed (a VM did not boot, rxe0 did not come up, ...), else 1. Each host's status
 # is reported in the summary line on stderr ("softroce-2host: A: exit 0 ...; B: exit 0 ...").
 # Unlike softroce-vm.sh, this always boots VMs, even where a native RDMA device exists. Each VM has one vCPU
-# (as measured in /work/shared/SOFTROCE.md: 1 MiB ib_read_bw 58-60 MB/s on a quiet 2-core machine; much less
+# (as measured on this test bed: 1 MiB ib_read_bw 58-60 MB/s on a quiet 2-core machine; much less
 # when the machine is busy). Inside, softroce-vm.sh simply execs its command (SOFTROCE_VM=1).
 set -euo pipefail
 shopt -s nullglob

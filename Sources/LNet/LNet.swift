@@ -305,21 +305,11 @@ public final class LNet: Sendable {
     /// (the ACK would be dropped). Throws at once if there is no interface for the target's network.
     public func put(_ md: MDHandle, to target: ProcessID, portal: UInt32, matchBits: UInt64, offset: Int = 0,
                     ackRequested: Bool = true, headerData: UInt64 = 0, hints: LNetHints = .none) throws(LNetError) {
-        guard offset >= 0 else { throw LNetError.invalidArgument("offset \(offset) is negative") }
         let message = try state.withLock { (state: inout State) throws(LNetError) -> LNetMessage in
-            guard !state.isShutdown else { throw LNetError.shutdown }
-            let (ni, sourceNID) = try route(state, to: target.nid)
-            guard !ni.isStopping else { throw LNetError.shutdown }
-            guard let record = state.mds[md.cookie], !record.zombie else { throw LNetError.invalidHandle("\(md) does not exist") }
-            guard record.remaining != 0 else { throw LNetError.mdExhausted(md) }
             // The ACK uses the MD's threshold too: an MD with room for the SEND only would drop it silently.
-            if ackRequested, let remaining = record.remaining, remaining < 2 {
-                throw LNetError.invalidMemoryDescriptor(
-                    "\(md) has room for \(remaining) more event; a PUT with an ACK needs 2 (SEND and ACK): bind it with "
-                        + "threshold .count(2) or more, or pass ackRequested: false")
-            }
-            record.attach()
-            let source = ProcessID(nid: sourceNID, pid: pid)
+            let (ni, source, record) = try outgoing(&state, md: md, to: target, offset: offset, events: ackRequested ? 2 : 1,
+                                                    needs: "a PUT with an ACK needs 2 (SEND and ACK)",
+                                                    remedy: ", or pass ackRequested: false")
             let header = LNetHeader(type: .put, source: source, destination: target, payloadLength: UInt32(record.length),
                                     portal: portal, matchBits: matchBits, offset: UInt64(offset), headerData: headerData,
                                     mdCookie: md.cookie, ackRequested: ackRequested, hints: hints)
@@ -336,21 +326,10 @@ public final class LNet: Sendable {
     /// one for the REPLY event: a GET on an MD with room for one more event throws (the REPLY would be dropped).
     public func get(_ md: MDHandle, from target: ProcessID, portal: UInt32, matchBits: UInt64, offset: Int = 0,
                     hints: LNetHints = .none) throws(LNetError) {
-        guard offset >= 0 else { throw LNetError.invalidArgument("offset \(offset) is negative") }
         let message = try state.withLock { (state: inout State) throws(LNetError) -> LNetMessage in
-            guard !state.isShutdown else { throw LNetError.shutdown }
-            let (ni, sourceNID) = try route(state, to: target.nid)
-            guard !ni.isStopping else { throw LNetError.shutdown }
-            guard let record = state.mds[md.cookie], !record.zombie else { throw LNetError.invalidHandle("\(md) does not exist") }
-            guard record.remaining != 0 else { throw LNetError.mdExhausted(md) }
             // The REPLY uses the MD's threshold too: an MD with room for the SEND only would drop it silently.
-            if let remaining = record.remaining, remaining < 2 {
-                throw LNetError.invalidMemoryDescriptor(
-                    "\(md) has room for \(remaining) more event; a GET needs 2 (SEND and REPLY): bind it with threshold "
-                        + ".count(2) or more")
-            }
-            record.attach()
-            let source = ProcessID(nid: sourceNID, pid: pid)
+            let (ni, source, record) = try outgoing(&state, md: md, to: target, offset: offset, events: 2,
+                                                    needs: "a GET needs 2 (SEND and REPLY)", remedy: "")
             let header = LNetHeader(type: .get, source: source, destination: target, length: UInt32(record.length),
                                     portal: portal, matchBits: matchBits, offset: UInt64(offset), mdCookie: md.cookie,
                                     hints: hints)
@@ -361,6 +340,25 @@ public final class LNet: Sendable {
                                requestedLength: record.length, matchedLength: 0)
         }
         perform(Effects(.send(message.ni, message)))
+    }
+
+    /// What a PUT or GET from `md` to `target` starts from, under the lock: the interface and our address on the
+    /// target's network, and the MD, attached, with room for `events` more events (else the error says which,
+    /// `needs` and `remedy` completing it).
+    private func outgoing(_ state: inout State, md: MDHandle, to target: ProcessID, offset: Int, events: Int, needs: String,
+                          remedy: String) throws(LNetError) -> (ni: LNetNI, source: ProcessID, record: MDRecord) {
+        guard offset >= 0 else { throw LNetError.invalidArgument("offset \(offset) is negative") }
+        guard !state.isShutdown else { throw LNetError.shutdown }
+        let (ni, sourceNID) = try route(state, to: target.nid)
+        guard !ni.isStopping else { throw LNetError.shutdown }
+        guard let record = state.mds[md.cookie], !record.zombie else { throw LNetError.invalidHandle("\(md) does not exist") }
+        guard record.remaining != 0 else { throw LNetError.mdExhausted(md) }
+        if let remaining = record.remaining, remaining < events {
+            throw LNetError.invalidMemoryDescriptor(
+                "\(md) has room for \(remaining) more event; \(needs): bind it with threshold .count(\(events)) or more\(remedy)")
+        }
+        record.attach()
+        return (ni, ProcessID(nid: sourceNID, pid: pid), record)
     }
 
     private func nextMessageID() -> UInt64 {
@@ -492,10 +490,7 @@ public final class LNet: Sendable {
                 return .receiving
             }
             ni.counters.recordReceived(peer: header.source.nid, bytes: 0)
-            let replyHeader = LNetHeader(type: .reply, source: header.destination, destination: header.source,
-                                         payloadLength: UInt32(length), length: header.length, portal: header.portal,
-                                         matchBits: header.matchBits, offset: UInt64(offset), mdCookie: header.mdCookie,
-                                         hints: header.hints)
+            let replyHeader = header.reply(payloadLength: length, offset: UInt64(offset))
             let reply = LNetMessage(
                 id: nextMessageID(), header: replyHeader, direction: .outgoing,
                 payload: record.window(offset: offset, length: length), privateContext: context, lndWantsRDMA: wantsRDMA,
@@ -522,10 +517,7 @@ public final class LNet: Sendable {
             }
             effects.actions.append(.drop(ni, header, status, context))
         case .get:
-            let replyHeader = LNetHeader(type: .reply, source: header.destination, destination: header.source,
-                                         payloadLength: 0, length: header.length, portal: header.portal,
-                                         matchBits: header.matchBits, offset: header.offset, mdCookie: header.mdCookie,
-                                         status: status, hints: header.hints)
+            let replyHeader = header.reply(payloadLength: 0, offset: header.offset, status: status)
             let reply = LNetMessage(id: nextMessageID(), header: replyHeader, direction: .outgoing,
                                     privateContext: context, lndWantsRDMA: wantsRDMA, ni: ni,
                                     completion: .init(md: nil, event: nil, initiator: header.source, target: header.destination,
@@ -618,10 +610,7 @@ public final class LNet: Sendable {
         let reply = state.withLock { state -> LNetMessage? in
             guard let record = state.mds[get.header.mdCookie], record.isActive else { return nil }
             record.attach()
-            let header = LNetHeader(type: .reply, source: get.header.destination, destination: get.header.source,
-                                    payloadLength: UInt32(record.length), length: get.header.length,
-                                    portal: get.header.portal, matchBits: get.header.matchBits, offset: get.header.offset,
-                                    mdCookie: get.header.mdCookie, hints: get.header.hints)
+            let header = get.header.reply(payloadLength: record.length, offset: get.header.offset)
             return LNetMessage(id: nextMessageID(), header: header, direction: .incoming,
                                payload: record.window(offset: 0, length: record.length), ni: ni,
                                completion: .init(md: record.handle, event: .reply, initiator: get.header.source,

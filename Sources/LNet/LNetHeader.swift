@@ -206,3 +206,12 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
             + "payload \(payloadLength) len \(length) off \(offset) status \(status)"
     }
 }
+
+extension LNetHeader {
+    /// The header of the REPLY that answers this GET: the ends swapped, the GET's length, portal, match bits, MD
+    /// cookie and hints kept, with `payloadLength` bytes from `offset` (or none, with a failed `status`).
+    func reply(payloadLength: Int, offset: UInt64, status: LNetStatus = .ok) -> LNetHeader {
+        LNetHeader(type: .reply, source: destination, destination: source, payloadLength: UInt32(payloadLength), length: length,
+                   portal: portal, matchBits: matchBits, offset: offset, mdCookie: mdCookie, status: status, hints: hints)
+    }
+}

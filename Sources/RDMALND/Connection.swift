@@ -3,6 +3,9 @@ import LNet
 import Logging
 import Synchronization
 import Verbs
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One RC connection to a peer (o2iblnd's `kib_conn`): its queue pair, completion queues and receive buffers, its
 /// send queue and credits, and the transactions in flight on it.
@@ -99,7 +102,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
 
     /// Makes the queue pair, its completion queues and buffers on `id`, and posts every receive buffer.
     func attach(id: CMID, limits: ConnectionLimits) throws(VerbsError) {
-        guard let deviceContext = id.deviceContext else { throw VerbsError(call: "CMID.deviceContext", errno: 19) }
+        guard let deviceContext = id.deviceContext else { throw VerbsError(call: "CMID.deviceContext", errno: ENODEV) }
         let depth = Int(limits.queueDepth)
         let sendLimit = context.tunables.effectiveConcurrentSends
         let receiveSlots = Credits.receiveBuffers(queueDepth: depth)
@@ -135,7 +138,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             state.receiveArmed = arm
             return true
         }
-        guard open else { throw VerbsError(call: "attach", errno: 125, detail: "connection closed while connecting") }
+        guard open else { throw VerbsError(call: "attach", errno: ECANCELED, detail: "connection closed while connecting") }
         attached = resources
         scheduler.register(self, queues: [sendCQ, receiveCQ])
         if arm { try receiveCQ.requestNotification() }
@@ -199,7 +202,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
 
     /// Moves the QP to RTR and RTS with rdma_cm's attributes and the LND_IB_MTU override.
     func readyQueuePair() throws(VerbsError) {
-        guard let resources else { throw VerbsError(call: "readyQueuePair", errno: 22, detail: "no queue pair") }
+        guard let resources else { throw VerbsError(call: "readyQueuePair", errno: EINVAL, detail: "no queue pair") }
         let mtu = PathMTU(bytes: context.tunables.ibMTU)
         // INIT again first: the remote access rights depend on the READ depth both sides agreed on, which the
         // active side did not know when it first moved the QP to INIT (librdmacm does the same).

@@ -291,7 +291,7 @@ final class ConnectionManager: @unchecked Sendable {
             // Established before the accept goes out: the peer may send the moment it sees the acceptance.
             byID[ObjectIdentifier(id)] = (id, connection, request.limits)
             try connection.readyQueuePair()
-            guard let queuePair = connection.resources?.queuePair else { throw VerbsError(call: "accept", errno: 22) }
+            guard let queuePair = connection.resources?.queuePair else { throw VerbsError(call: "accept", errno: EINVAL) }
             connection.established(peerStamp: request.sourceStamp, sending: false)
             try id.accept(ConnectionParameters(privateData: accept.encoded(), responderResources: depth, initiatorDepth: depth,
                                                retryCount: UInt8(context.tunables.retryCount), rnrRetryCount: UInt8(context.tunables.rnrRetryCount)),

@@ -194,10 +194,10 @@ final class LNDRuntime: @unchecked Sendable {
             throw LNDStartupError.privilegedPort(port: tunables.servicePort, cause: error)
         }
         guard let device = listener.deviceContext else {
-            throw VerbsError(call: "rdma_bind_addr", errno: 19, detail: "\(formatIPv4(ni.nid.address)) is on no RDMA device")
+            throw VerbsError(call: "rdma_bind_addr", errno: ENODEV, detail: "\(formatIPv4(ni.nid.address)) is on no RDMA device")
         }
         if let expectedDevice, expectedDevice != device.name, !tunables.device.isEmpty {
-            throw VerbsError(call: "rdma_bind_addr", errno: 19,
+            throw VerbsError(call: "rdma_bind_addr", errno: ENODEV,
                              detail: "\(formatIPv4(ni.nid.address)) is on \(device.name), LND_DEVICE says \(expectedDevice)")
         }
         let limits = try device.limits()

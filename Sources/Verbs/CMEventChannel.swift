@@ -56,12 +56,7 @@ public final class CMEventChannel: @unchecked Sendable {
     public func nextEvent() throws(VerbsError) -> CMEvent? {
         while true {
             var raw: UnsafeMutablePointer<rdma_cm_event>?
-            if rdma_get_cm_event(pointer, &raw) != 0 {
-                let code = VerbsError.current
-                if code == EAGAIN || code == EWOULDBLOCK { return nil }
-                if code == EINTR { continue }
-                throw VerbsError(call: "rdma_get_cm_event", errno: code)
-            }
+            guard try SystemCall.retryingInterrupts("rdma_get_cm_event", { rdma_get_cm_event(pointer, &raw) }) == .done else { return nil }
             guard let raw else { return nil }
             let event = raw.pointee
             let kind = CMEvent.Kind(event.event)

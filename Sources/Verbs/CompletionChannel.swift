@@ -48,11 +48,8 @@ public final class CompletionChannel: @unchecked Sendable {
         while true {
             var cq: UnsafeMutablePointer<ibv_cq>?
             var cqContext: UnsafeMutableRawPointer?
-            if ibv_get_cq_event(pointer, &cq, &cqContext) != 0 {
-                let code = VerbsError.current
-                if code == EAGAIN || code == EWOULDBLOCK { return nil }
-                if code == EINTR { continue }
-                throw VerbsError(call: "ibv_get_cq_event", errno: code)
+            guard try SystemCall.retryingInterrupts("ibv_get_cq_event", { ibv_get_cq_event(pointer, &cq, &cqContext) }) == .done else {
+                return nil
             }
             guard let cq else { return nil }
             ibv_ack_cq_events(cq, 1)
@@ -66,41 +63,5 @@ public final class CompletionChannel: @unchecked Sendable {
         if let queue = try nextEvent() { return queue }
         try FileDescriptorWait.readable(fileDescriptor, timeout: timeout, call: "poll(completion channel)")
         return try nextEvent()
-    }
-}
-
-/// `poll(2)` on one descriptor, retried on EINTR, with a Duration timeout; and making a channel's descriptor
-/// non-blocking.
-enum FileDescriptorWait {
-    static func makeNonBlocking(_ fd: Int32) throws(VerbsError) {
-        if fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0 {
-            throw VerbsError(call: "fcntl(O_NONBLOCK)", errno: VerbsError.current)
-        }
-    }
-
-    /// Returns when the descriptor is readable or the timeout passed (the caller re-checks).
-    static func readable(_ fd: Int32, timeout: Duration?, call: String) throws(VerbsError) {
-        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let milliseconds: Int32
-        if let timeout {
-            milliseconds = max(0, timeout.pollMilliseconds)
-        } else {
-            milliseconds = -1
-        }
-        while true {
-            let rc = poll(&entry, 1, milliseconds)
-            if rc >= 0 { return }
-            if VerbsError.current == EINTR { continue }
-            throw VerbsError(call: call, errno: VerbsError.current)
-        }
-    }
-}
-
-extension Duration {
-    /// Whole milliseconds for poll(2) and rdma_cm's timeouts (truncated, clamped to `Int32`).
-    var pollMilliseconds: Int32 {
-        let (seconds, attoseconds) = components
-        return Int32(clamping: seconds.multipliedReportingOverflow(by: 1000).overflow ? (seconds < 0 ? .min : .max)
-                     : seconds * 1000 + attoseconds / 1_000_000_000_000_000)
     }
 }

@@ -4,9 +4,9 @@ import Glibc
 
 /// A failed verbs or rdma_cm call: which call, and the errno it reported, in words.
 ///
-/// libibverbs reports errors three ways (ANCHORS.md): `ibv_create_*` return NULL and set errno, `ibv_destroy_*`,
-/// `ibv_post_*` and `ibv_modify_*` return the errno value, and `rdma_*` return -1 and set errno. The helpers
-/// below turn each convention into this one error type.
+/// libibverbs reports errors three ways (their man pages, e.g. ibv_create_qp(3), ibv_post_send(3), rdma_connect(3)):
+/// `ibv_create_*` return NULL and set errno, `ibv_destroy_*`, `ibv_post_*` and `ibv_modify_*` return the errno
+/// value, and `rdma_*` return -1 and set errno. The helpers below turn each convention into this one error type.
 public struct VerbsError: Error, CustomStringConvertible, Equatable, Sendable {
     /// The C function that failed, e.g. `ibv_create_qp`.
     public let call: String
