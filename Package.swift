@@ -89,14 +89,16 @@ let package = Package(
         // invariants are a library of their own, so that the tests replay the corpus through the same checks.
         .target(name: "WireFuzzChecks", dependencies: ["RDMALND", "LNet"], path: "Fuzz/WireFuzzChecks"),
         .executableTarget(name: "WireFuzz", dependencies: ["WireFuzzChecks"], path: "Fuzz/WireFuzz"),
-        .testTarget(name: "VerbsTests", dependencies: ["Verbs"]),
+        // What the test targets share: the test bed (device present or required, its addresses, `.requiresDevice`).
+        .target(name: "DeviceTestSupport", path: "Tests/DeviceTestSupport"),
+        .testTarget(name: "VerbsTests", dependencies: ["Verbs", "DeviceTestSupport"]),
         .testTarget(name: "LNetTests", dependencies: ["LNet", .product(name: "MetricsTestKit", package: "swift-metrics")]),
-        .testTarget(name: "RDMALNDTests", dependencies: ["RDMALND", "Verbs", "LNet", "WireFuzzChecks"]),
+        .testTarget(name: "RDMALNDTests", dependencies: ["RDMALND", "Verbs", "LNet", "WireFuzzChecks", "DeviceTestSupport"]),
         .testTarget(name: "LNetSelftestTests", dependencies: ["LNetSelftest", "LNet"]),
         // Runs the built Examples/ binaries (over 0@lo here, over rxe in the device suite).
-        .testTarget(name: "ExamplesTests"),
+        .testTarget(name: "ExamplesTests", dependencies: ["DeviceTestSupport"]),
         .testTarget(name: "lnetctlTests", dependencies: [
-            "LNetControl", "LNetSelftest", "LNet", "RDMALND",
+            "LNetControl", "LNetSelftest", "LNet", "RDMALND", "DeviceTestSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
     ],

@@ -1,27 +1,9 @@
+import DeviceTestSupport
 import Foundation
 import Testing
 
-/// Whether an RDMA device with an active port is here; inside the SoftRoCE VM `RDMA_REQUIRE_DEVICE=1` makes a
-/// missing one a failure instead of a skip.
-enum ExampleTestBed {
-    static let required = ProcessInfo.processInfo.environment["RDMA_REQUIRE_DEVICE"] == "1"
-    static var haveActivePort: Bool {
-        let root = "/sys/class/infiniband"
-        guard let devices = try? FileManager.default.contentsOfDirectory(atPath: root) else { return false }
-        return devices.contains { device in
-            let ports = (try? FileManager.default.contentsOfDirectory(atPath: "\(root)/\(device)/ports")) ?? []
-            return ports.contains { port in
-                ((try? String(contentsOfFile: "\(root)/\(device)/ports/\(port)/state", encoding: .utf8)) ?? "").contains("ACTIVE")
-            }
-        }
-    }
-    static let shouldRun = haveActivePort || required
-    static let server = ProcessInfo.processInfo.environment["RDMA_TEST_SERVER_ADDR"] ?? "192.0.2.1"
-    static let client = ProcessInfo.processInfo.environment["RDMA_TEST_CLIENT_ADDR"] ?? "192.0.2.2"
-}
-
 /// ExampleServer and ExampleClient as two processes over rxe (o2ib), in both bulk modes, bulk and eager sizes.
-@Suite(.enabled(if: ExampleTestBed.shouldRun, "no RDMA device with an active port (run inside scripts/softroce-vm.sh)"),
+@Suite(.requiresDevice,
        .serialized, .timeLimit(.minutes(5)))
 struct ExamplesDeviceTests {
     static let port = String(18_000 + Int(getpid() % 900))
@@ -31,14 +13,14 @@ struct ExamplesDeviceTests {
         // A GET's bulk mode is the target's (the server's), a PUT's the source's (the client's).
         let environment = ["LND_SERVICE_PORT": Self.port, "LND_TIMEOUT": "20", "LND_GET_MODE": mode, "LND_PUT_MODE": mode]
         let sizes = [1 << 20, 3000]
-        let server = try ExampleProcess("ExampleServer", ["\(ExampleTestBed.server)@o2ib", "\(2 * sizes.count)"],
+        let server = try ExampleProcess("ExampleServer", ["\(TestBed.serverAddress)@o2ib", "\(2 * sizes.count)"],
                                         environment: environment)
         let up = try await server.waitForLine(containing: "serving")
         #expect(up, "server did not come up: \(server.text)")
         if up {
             for size in sizes {
                 let (status, output) = try await ExampleProcess.run(
-                    "ExampleClient", ["\(ExampleTestBed.client)@o2ib", "\(ExampleTestBed.server)@o2ib", "\(size)"],
+                    "ExampleClient", ["\(TestBed.clientAddress)@o2ib", "\(TestBed.serverAddress)@o2ib", "\(size)"],
                     environment: environment)
                 #expect(status == 0, "\(mode) \(size): \(output)")
                 #expect(output.contains("PUT \(size) bytes (ACK), GET \(size) bytes back: identical"), "\(mode) \(size): \(output)")

@@ -1,3 +1,4 @@
+import DeviceTestSupport
 import Foundation
 import LNet
 import Logging
@@ -6,23 +7,16 @@ import Testing
 import Verbs
 @testable import RDMALND
 
-/// Device tests run where an RDMA device is present; inside the SoftRoCE VM `RDMA_REQUIRE_DEVICE=1` makes a
-/// missing device a failure instead of a skip.
+/// The LND tests' view of the test bed (``TestBed``: whether device tests run, the addresses), and their ports.
 enum LNDTestDevice {
-    static let required = ProcessInfo.processInfo.environment["RDMA_REQUIRE_DEVICE"] == "1"
-    static let shouldRun = Devices.haveActivePort || required
-    static let serverAddress = ProcessInfo.processInfo.environment["RDMA_TEST_SERVER_ADDR"] ?? "192.0.2.1"
-    static let clientAddress = ProcessInfo.processInfo.environment["RDMA_TEST_CLIENT_ADDR"] ?? "192.0.2.2"
+    static var required: Bool { TestBed.required }
+    static var shouldRun: Bool { TestBed.shouldRun }
+    static var serverAddress: String { TestBed.serverAddress }
+    static var clientAddress: String { TestBed.clientAddress }
 
     /// A fresh service port per node pair, so suites running side by side never collide.
     private static let nextPort = Atomic<Int>(20_000 + Int(getpid() % 500) * 40)
     static func port() -> Int { nextPort.add(1, ordering: .relaxed).newValue }
-}
-
-extension Trait where Self == ConditionTrait {
-    static var requiresDevice: Self {
-        .enabled(if: LNDTestDevice.shouldRun, "no RDMA device with an active port (run inside scripts/softroce-vm.sh)")
-    }
 }
 
 /// One LNet node with an o2ib interface on one of the test bed's addresses.

@@ -1,16 +1,10 @@
+import DeviceTestSupport
 import Foundation
 import Testing
 import Verbs
 
-/// Which RDMA device the device tests use, and whether they must run.
-///
-/// Device tests are enabled when a device with an active port is visible. Inside the SoftRoCE VM,
-/// `scripts/test.sh` sets `RDMA_REQUIRE_DEVICE=1`: then they run (and fail loudly) even if no device shows up,
-/// so a broken test bed can never pass as "all skipped".
+/// Which RDMA device the device tests use (whether they run: ``TestBed``).
 enum TestDevice {
-    static let required = ProcessInfo.processInfo.environment["RDMA_REQUIRE_DEVICE"] == "1"
-    static let available = Devices.haveActivePort
-    static let shouldRun = available || required
 
     /// The device name: `RDMA_DEVICE`, else the first with an active port.
     static var name: String {
@@ -19,16 +13,8 @@ enum TestDevice {
         return devices.first { $0.ports.contains { $0.state == .active } }?.name ?? "rxe0"
     }
 
-    /// The two addresses the test bed puts on the rxe netdev.
-    static let serverAddress = ProcessInfo.processInfo.environment["RDMA_TEST_SERVER_ADDR"] ?? "192.0.2.1"
-    static let clientAddress = ProcessInfo.processInfo.environment["RDMA_TEST_CLIENT_ADDR"] ?? "192.0.2.2"
-}
-
-extension Trait where Self == ConditionTrait {
-    /// Runs the test only where an RDMA device is present (or required).
-    static var requiresDevice: Self {
-        .enabled(if: TestDevice.shouldRun, "no RDMA device with an active port (run inside scripts/softroce-vm.sh)")
-    }
+    static var serverAddress: String { TestBed.serverAddress }
+    static var clientAddress: String { TestBed.clientAddress }
 }
 
 struct TestTimeout: Error, CustomStringConvertible {

@@ -1,14 +1,15 @@
+import DeviceTestSupport
 import Foundation
 import Testing
 
 /// `lnetctl peer show` and `stats show` read a running `serve` over rxe while a self-test writes to it: the numbers
 /// move as the traffic does, and stop when it stops.
-@Suite(.needsBinary(unlessRequired: RxeTestBed.required), .enabled(if: RxeTestBed.shouldRun, "no RDMA device with an active port (run inside scripts/softroce-vm.sh)"),
+@Suite(.needsBinary(unlessRequired: TestBed.required), .requiresDevice,
        .serialized, .timeLimit(.minutes(5)))
 struct ControlSocketDeviceTests {
     let port = String(19_900 + Int(getpid() % 90))
-    var server: String { "\(RxeTestBed.server)@o2ib" }
-    var client: String { "\(RxeTestBed.client)@o2ib" }
+    var server: String { "\(TestBed.serverAddress)@o2ib" }
+    var client: String { "\(TestBed.clientAddress)@o2ib" }
 
     /// One `stats show --json` and `peer show --json`, as the figures the test follows.
     struct Sample {

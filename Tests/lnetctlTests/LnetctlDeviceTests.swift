@@ -1,30 +1,9 @@
+import DeviceTestSupport
 import Foundation
 import Testing
 
-/// Device tests run where an RDMA device is present; inside the SoftRoCE VM `RDMA_REQUIRE_DEVICE=1` makes a missing
-/// device, or a missing lnetctl binary, a failure instead of a skip.
-enum RxeTestBed {
-    static let required = ProcessInfo.processInfo.environment["RDMA_REQUIRE_DEVICE"] == "1"
-    static var haveActivePort: Bool {
-        let root = "/sys/class/infiniband"
-        guard let devices = try? FileManager.default.contentsOfDirectory(atPath: root) else { return false }
-        for device in devices {
-            guard let ports = try? FileManager.default.contentsOfDirectory(atPath: "\(root)/\(device)/ports") else { continue }
-            for port in ports {
-                if let state = try? String(contentsOfFile: "\(root)/\(device)/ports/\(port)/state", encoding: .utf8), state.contains("ACTIVE") {
-                    return true
-                }
-            }
-        }
-        return false
-    }
-    static let shouldRun = haveActivePort || required
-    static let server = ProcessInfo.processInfo.environment["RDMA_TEST_SERVER_ADDR"] ?? "192.0.2.1"
-    static let client = ProcessInfo.processInfo.environment["RDMA_TEST_CLIENT_ADDR"] ?? "192.0.2.2"
-}
-
 /// `lnetctl serve` and `lnetctl selftest`/`ping` as two processes over rxe.
-@Suite(.needsBinary(unlessRequired: RxeTestBed.required), .enabled(if: RxeTestBed.shouldRun, "no RDMA device with an active port (run inside scripts/softroce-vm.sh)"),
+@Suite(.needsBinary(unlessRequired: TestBed.required), .requiresDevice,
        .serialized, .timeLimit(.minutes(5)))
 struct LnetctlDeviceTests {
     let port = String(19_000 + Int(getpid() % 900))
@@ -33,7 +12,7 @@ struct LnetctlDeviceTests {
         let env = environment.merging(["LND_SERVICE_PORT": port, "LND_TIMEOUT": "20"]) { a, _ in a }
         let readyFile = FileManager.default.temporaryDirectory.appendingPathComponent("lnetctl-serve-\(getpid())").path
         try? FileManager.default.removeItem(atPath: readyFile)
-        let (server, out, err) = try LnetctlBinary.start(["serve", "--nid", "\(RxeTestBed.server)@o2ib", "--ready-file", readyFile, "--json"],
+        let (server, out, err) = try LnetctlBinary.start(["serve", "--nid", "\(TestBed.serverAddress)@o2ib", "--ready-file", readyFile, "--json"],
                                                           environment: env)
         let deadline = Date().addingTimeInterval(60)
         while !FileManager.default.fileExists(atPath: readyFile), server.isRunning, Date() < deadline {
@@ -55,8 +34,8 @@ struct LnetctlDeviceTests {
         #expect((summary["lnet"] as? [String: Any])?["exactly_once"] as? Bool == true, "\(outcome.stdout)")
     }
 
-    var client: [String] { ["--nid", "\(RxeTestBed.client)@o2ib"] }
-    var server: String { "\(RxeTestBed.server)@o2ib" }
+    var client: [String] { ["--nid", "\(TestBed.clientAddress)@o2ib"] }
+    var server: String { "\(TestBed.serverAddress)@o2ib" }
 
     @Test func pingAndVerifiedSessions() async throws {
         try await withServer { env in

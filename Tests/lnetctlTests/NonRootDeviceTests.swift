@@ -1,3 +1,4 @@
+import DeviceTestSupport
 import Foundation
 import LNet
 import Testing
@@ -5,11 +6,11 @@ import Testing
 /// `lnetctl` as an ordinary user (uid 65534, no capabilities) with a memlock limit, over rxe: a privileged port
 /// and a low `ulimit -l` each stop start-up saying what to change, and a limit that covers what the LND pins is
 /// enough for verified bulk traffic, the registration cache making room when the limit is reached.
-@Suite(.needsBinary(unlessRequired: RxeTestBed.required), .enabled(if: RxeTestBed.shouldRun, "no RDMA device with an active port (run inside scripts/softroce-vm.sh)"),
+@Suite(.needsBinary(unlessRequired: TestBed.required), .requiresDevice,
        .serialized, .timeLimit(.minutes(5)))
 struct NonRootDeviceTests {
     let port = String(20_000 + Int(getpid() % 900))
-    var server: String { "\(RxeTestBed.server)@o2ib" }
+    var server: String { "\(TestBed.serverAddress)@o2ib" }
 
     init() throws {
         try #require(geteuid() == 0, "switching to another user needs root (inside scripts/softroce-vm.sh tests run as root)")
@@ -65,7 +66,7 @@ struct NonRootDeviceTests {
         #expect(FileManager.default.fileExists(atPath: readyFile), "serve did not come up under a \(limit)-byte memlock limit")
         let client = LnetctlBinary.OrdinaryUser(memlock: 64 << 20)
         for op in ["write", "read"] {
-            let run = try await LnetctlBinary.run(["selftest", "--nid", "\(RxeTestBed.client)@o2ib", "--to", server, "--op", op,
+            let run = try await LnetctlBinary.run(["selftest", "--nid", "\(TestBed.clientAddress)@o2ib", "--to", server, "--op", op,
                                                    "--size", "1MiB", "--concurrency", "4", "--count", "24", "--verify", "--mode", "pull",
                                                    "--json"], environment: environment, as: client)
             #expect(run.status == 0, "\(op): \(run.stderr)")
