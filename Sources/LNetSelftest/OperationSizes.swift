@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import LNet
 
 /// The lengths of a session's operations: one size, or a range from which each operation draws its own length
 /// log-uniformly, so that every factor of ten between the ends gets as many operations as any other.
@@ -61,9 +62,5 @@ public struct OperationSizes: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// `64KiB`, `1MiB`, `70000B`: the largest binary unit that divides `count`, with no space.
-    public static func compact(_ count: Int) -> String {
-        let units: [(Int, String)] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
-        for (scale, unit) in units where count >= scale && count % scale == 0 { return "\(count / scale)\(unit)" }
-        return "\(count)B"
-    }
+    public static func compact(_ count: Int) -> String { formatBytesExactly(count) }
 }

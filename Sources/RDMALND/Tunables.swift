@@ -1,5 +1,6 @@
 import Configuration
 import Foundation
+import LNet
 
 /// How bulk data moves for an operation.
 public enum BulkMode: String, Sendable, CaseIterable {
@@ -252,21 +253,4 @@ extension LNDTunables {
                           summary: definition.summary)
         }
     }
-}
-
-/// Parses a byte count: digits with an optional binary suffix K, M or G (`4K`, `1M`, `64KiB`; KB/MB/GB are read
-/// as binary too, as perftest does). Used by the tunables and by `lnetctl`'s size arguments.
-public func parseSize(_ text: String) -> Int? {
-    var digits = text.trimmingCharacters(in: .whitespaces).uppercased()
-    if digits.hasSuffix("IB") { digits.removeLast(2) } else if digits.hasSuffix("B") { digits.removeLast() }
-    var shift = 0
-    switch digits.last {
-    case "K": shift = 10
-    case "M": shift = 20
-    case "G": shift = 30
-    default: break
-    }
-    if shift > 0 { digits.removeLast() }
-    guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let value = Int(digits), value <= (Int.max >> shift) else { return nil }
-    return value << shift
 }

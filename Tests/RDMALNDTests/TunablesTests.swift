@@ -1,4 +1,5 @@
 import Configuration
+import LNet
 import Testing
 @testable import RDMALND
 
