@@ -21,12 +21,9 @@ public enum SelftestPattern {
         mix(session ^ 0x5752_4954_4500_0000)
     }
 
-    /// SplitMix64's finalizer.
+    /// SplitMix64's first output for `value` (its state advanced once, then mixed).
     static func mix(_ value: UInt64) -> UInt64 {
-        var z = value &+ 0x9E37_79B9_7F4A_7C15
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+        SplitMix64.finalize(value &+ SplitMix64.gamma)
     }
 
     /// Fills `buffer` with the pattern of `seed` (8 bytes per step; a short tail byte by byte).

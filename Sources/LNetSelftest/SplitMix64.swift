@@ -14,7 +14,12 @@ public struct SplitMix64: RandomNumberGenerator, Sendable, Equatable {
 
     public mutating func next() -> UInt64 {
         state &+= Self.gamma
-        var z = state
+        return Self.finalize(state)
+    }
+
+    /// The output mix (a bijection of 64-bit values): `next()` is `finalize(state + gamma)`; also a good hash.
+    public static func finalize(_ value: UInt64) -> UInt64 {
+        var z = value
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
