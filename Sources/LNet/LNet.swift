@@ -45,7 +45,7 @@ public final class LNet: Sendable {
     }
 
     /// Work the core does after releasing its lock: LND calls and inline event handlers.
-    private struct Effects {
+    struct Effects {
         enum Action {
             case send(LNetNI, LNetMessage)
             case receive(LNetNI, LNetMessage, (any LNDPrivate)?)
@@ -58,7 +58,7 @@ public final class LNet: Sendable {
         init(_ action: Action) { actions.append(action) }
     }
 
-    private struct State {
+    struct State {
         var mds: [UInt64: MDRecord] = [:]
         var meToMD: [UInt64: UInt64] = [:]
         var portals: [UInt32: Portal] = [:]
@@ -88,7 +88,7 @@ public final class LNet: Sendable {
 
     public let configuration: Configuration
     public let logger: Logger
-    private let state = Mutex(State())
+    let state = Mutex(State())
     private let messageIDs = Atomic<UInt64>(1)
 
     /// Creates an instance with no interfaces.
@@ -254,7 +254,7 @@ public final class LNet: Sendable {
         perform(effects)
     }
 
-    private func unlinkLocked(_ state: inout State, _ record: MDRecord, _ effects: inout Effects) {
+    func unlinkLocked(_ state: inout State, _ record: MDRecord, _ effects: inout Effects) {
         guard !record.zombie else { return }
         record.zombie = true
         if let me = record.matchEntry {
@@ -361,197 +361,8 @@ public final class LNet: Sendable {
         return (ni, ProcessID(nid: sourceNID, pid: pid), record)
     }
 
-    private func nextMessageID() -> UInt64 {
+    func nextMessageID() -> UInt64 {
         messageIDs.add(1, ordering: .relaxed).newValue
-    }
-
-    // MARK: - Incoming messages (called through LNetNI)
-
-    func parse(ni: LNetNI, header: LNetHeader, from: NID, context: (any LNDPrivate)?, wantsRDMA: Bool) -> LNetParseOutcome {
-        guard !ni.isStopping else {
-            ni.counters.recordDrop(peer: header.source.nid, bytes: Int(header.payloadLength))
-            ni.lnd.drop(ni: ni, header: header, status: .shutdown, context: context)
-            return .dropped(.shutdown)
-        }
-        var effects = Effects()
-        var outcome = state.withLock { state -> LNetParseOutcome? in
-            incoming(&state, ni: ni, header: header, context: context, wantsRDMA: wantsRDMA, mayDelay: true, &effects)
-        }
-        perform(effects)
-        if let outcome { return outcome }
-
-        // A lazy portal wants to hold the message: let the LND copy it out of its receive buffer first.
-        let held: (any LNDPrivate)?
-        do {
-            held = try ni.lnd.eagerReceive(ni: ni, header: header, context: context)
-        } catch {
-            ni.logger.warning("eager receive failed; dropping", metadata: ["header": "\(header)", "error": "\(error)"])
-            effects = Effects()
-            _ = state.withLock { state in
-                reject(&state, ni: ni, header: header, status: .noResources, context: context, wantsRDMA: wantsRDMA, &effects)
-            }
-            perform(effects)
-            return .dropped(.noResources)
-        }
-        effects = Effects()
-        outcome = state.withLock { state -> LNetParseOutcome? in
-            if let done = incoming(&state, ni: ni, header: header, context: held, wantsRDMA: wantsRDMA, mayDelay: false, &effects) {
-                return done
-            }
-            var portal = state.portals[header.portal] ?? Portal()
-            guard portal.lazy, portal.delayed.count < configuration.maxDelayedPerPortal else {
-                return reject(&state, ni: ni, header: header, status: .noMatch, context: held, wantsRDMA: wantsRDMA, &effects)
-            }
-            portal.delayed.append(DelayedMessage(ni: ni, header: header, context: held, wantsRDMA: wantsRDMA))
-            state.portals[header.portal] = portal
-            return .delayed
-        }
-        perform(effects)
-        return outcome ?? .delayed
-    }
-
-    /// Matches an incoming message. Returns `nil` only when `mayDelay` and the message should be held on a lazy
-    /// portal (nothing has been done yet); when `mayDelay` is false, returns `nil` for an unmatched message on a
-    /// lazy portal too, leaving the decision to the caller.
-    private func incoming(_ state: inout State, ni: LNetNI, header: LNetHeader, context: (any LNDPrivate)?, wantsRDMA: Bool,
-                          mayDelay: Bool, _ effects: inout Effects) -> LNetParseOutcome? {
-        let forUs: Bool
-        if ni.nid.network == .loopback {
-            forUs = state.isLocal(header.destination.nid)
-        } else {
-            forUs = header.destination.nid == ni.nid
-        }
-        guard forUs, header.destination.pid == pid else {
-            ni.logger.debug("message not for this node", metadata: ["header": "\(header)"])
-            return reject(&state, ni: ni, header: header, status: forUs ? .noMatch : .unreachable, context: context,
-                          wantsRDMA: wantsRDMA, &effects)
-        }
-        switch header.type {
-        case .put, .get:
-            return matchRequest(&state, ni: ni, header: header, context: context, wantsRDMA: wantsRDMA, mayDelay: mayDelay, &effects)
-        case .ack:
-            guard let record = state.mds[header.mdCookie], record.isActive else {
-                return reject(&state, ni: ni, header: header, status: .noMatch, context: context, wantsRDMA: wantsRDMA, &effects)
-            }
-            record.attach()
-            let length = Int(header.length)
-            let message = LNetMessage(
-                id: nextMessageID(), header: header, direction: .incoming, lndWantsRDMA: wantsRDMA, ni: ni,
-                completion: .init(md: record.handle, event: .ack, initiator: header.destination, target: header.source,
-                                  offset: Int(clamping: header.offset), userHeaderData: 0, remoteStatus: header.status),
-                requestedLength: length, matchedLength: length)
-            effects.actions.append(.receive(ni, message, context))
-            return .receiving
-        case .reply:
-            guard let record = state.mds[header.mdCookie], record.isActive else {
-                return reject(&state, ni: ni, header: header, status: .noMatch, context: context, wantsRDMA: wantsRDMA, &effects)
-            }
-            let requested = header.status.isOK ? Int(header.payloadLength) : 0
-            guard requested <= record.length || record.options.contains(.truncate) else {
-                return reject(&state, ni: ni, header: header, status: .tooLarge, context: context, wantsRDMA: wantsRDMA, &effects)
-            }
-            let matched = min(requested, record.length)
-            record.attach()
-            let message = LNetMessage(
-                id: nextMessageID(), header: header, direction: .incoming,
-                payload: record.window(offset: 0, length: matched), lndWantsRDMA: wantsRDMA, ni: ni,
-                completion: .init(md: record.handle, event: .reply, initiator: header.destination, target: header.source,
-                                  offset: 0, userHeaderData: 0, remoteStatus: header.status),
-                requestedLength: requested, matchedLength: matched)
-            effects.actions.append(.receive(ni, message, context))
-            return .receiving
-        }
-    }
-
-    private func matchRequest(_ state: inout State, ni: LNetNI, header: LNetHeader, context: (any LNDPrivate)?,
-                              wantsRDMA: Bool, mayDelay: Bool, _ effects: inout Effects) -> LNetParseOutcome? {
-        let requested = Int(header.type == .put ? header.payloadLength : header.length)
-        let portal = state.portals[header.portal]
-        let outcome = portal?.match(type: header.type, initiator: header.source, matchBits: header.matchBits,
-                                    offset: Int(clamping: header.offset), length: requested) ?? .none
-        switch outcome {
-        case .none:
-            if portal?.lazy == true { return nil }
-            return reject(&state, ni: ni, header: header, status: .noMatch, context: context, wantsRDMA: wantsRDMA, &effects)
-        case .rejected(let status):
-            return reject(&state, ni: ni, header: header, status: status, context: context, wantsRDMA: wantsRDMA, &effects)
-        case .matched(let record, let offset, let length):
-            record.attach()
-            if !record.options.contains(.manageRemote) { record.localOffset = offset + length }
-            if header.type == .put {
-                let message = LNetMessage(
-                    id: nextMessageID(), header: header, direction: .incoming,
-                    payload: record.window(offset: offset, length: length), lndWantsRDMA: wantsRDMA, ni: ni,
-                    completion: .init(md: record.handle, event: .put, initiator: header.source, target: header.destination,
-                                      offset: offset, userHeaderData: header.headerData,
-                                      sendsAck: header.ackRequested && !record.options.contains(.ackDisable)),
-                    requestedLength: requested, matchedLength: length)
-                effects.actions.append(.receive(ni, message, context))
-                return .receiving
-            }
-            ni.counters.recordReceived(peer: header.source.nid, bytes: 0)
-            let replyHeader = header.reply(payloadLength: length, offset: UInt64(offset))
-            let reply = LNetMessage(
-                id: nextMessageID(), header: replyHeader, direction: .outgoing,
-                payload: record.window(offset: offset, length: length), privateContext: context, lndWantsRDMA: wantsRDMA,
-                ni: ni,
-                completion: .init(md: record.handle, event: .get, initiator: header.source, target: header.destination,
-                                  offset: offset, userHeaderData: 0),
-                requestedLength: requested, matchedLength: length)
-            effects.actions.append(.send(ni, reply))
-            return .replying
-        }
-    }
-
-    /// Drops an incoming message, telling the sender: a negative ACK for a PUT that asked for one, a failed REPLY
-    /// for a GET (carrying the LND's context), and ``LNetLND/drop(ni:header:status:context:)`` for everything but GET.
-    @discardableResult
-    private func reject(_ state: inout State, ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any LNDPrivate)?,
-                        wantsRDMA: Bool, _ effects: inout Effects) -> LNetParseOutcome {
-        ni.counters.recordDrop(peer: header.source.nid, bytes: Int(header.payloadLength))
-        ni.logger.debug("dropping incoming message", metadata: ["header": "\(header)", "status": "\(status)"])
-        switch header.type {
-        case .put:
-            if header.ackRequested {
-                effects.actions.append(.send(ni, makeAck(ni: ni, request: header, matched: 0, offset: 0, status: status)))
-            }
-            effects.actions.append(.drop(ni, header, status, context))
-        case .get:
-            let replyHeader = header.reply(payloadLength: 0, offset: header.offset, status: status)
-            let reply = LNetMessage(id: nextMessageID(), header: replyHeader, direction: .outgoing,
-                                    privateContext: context, lndWantsRDMA: wantsRDMA, ni: ni,
-                                    completion: .init(md: nil, event: nil, initiator: header.source, target: header.destination,
-                                                      offset: 0, userHeaderData: 0),
-                                    requestedLength: Int(header.length), matchedLength: 0)
-            effects.actions.append(.send(ni, reply))
-            return .replying
-        case .ack, .reply:
-            effects.actions.append(.drop(ni, header, status, context))
-        }
-        return .dropped(status)
-    }
-
-    private func makeAck(ni: LNetNI, request: LNetHeader, matched: Int, offset: Int, status: LNetStatus) -> LNetMessage {
-        let header = LNetHeader(type: .ack, source: request.destination, destination: request.source,
-                                length: UInt32(matched), portal: request.portal, matchBits: request.matchBits,
-                                offset: UInt64(offset), mdCookie: request.mdCookie, status: status, hints: request.hints)
-        return LNetMessage(id: nextMessageID(), header: header, direction: .outgoing, ni: ni,
-                           completion: .init(md: nil, event: nil, initiator: request.source, target: request.destination,
-                                             offset: offset, userHeaderData: 0),
-                           requestedLength: 0, matchedLength: 0)
-    }
-
-    /// Tries every message held on a lazy portal against the portal's entries again (after an attach).
-    private func redeliverDelayed(_ state: inout State, portal index: UInt32, _ effects: inout Effects) {
-        guard let held = state.portals[index]?.delayed, !held.isEmpty else { return }
-        var still: Deque<DelayedMessage> = []
-        state.portals[index]?.delayed.removeAll()
-        for message in held {
-            let outcome = matchRequest(&state, ni: message.ni, header: message.header, context: message.context,
-                                       wantsRDMA: message.wantsRDMA, mayDelay: true, &effects)
-            if outcome == nil { still.append(message) }
-        }
-        state.portals[index]?.delayed = still
     }
 
     // MARK: - Completion
@@ -625,7 +436,7 @@ public final class LNet: Sendable {
         return reply
     }
 
-    private func perform(_ effects: Effects) {
+    func perform(_ effects: Effects) {
         effects.inline.forEach { queue, event in queue.runInline(event) }
         effects.actions.forEach { action in
             switch action {
