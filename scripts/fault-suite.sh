@@ -22,6 +22,16 @@
 #                 reconnects and succeeds entirely
 #   race          both hosts start a self-test against each other at the same moment (3 times): each side ends
 #                 with exactly one connection to the other, and both sessions succeed
+#   flaps         A's link flaps 5 times (down 1 s, up 2 s) during verified 1 MiB reads (pull): operations fail with
+#                 an error, the client reconnects with back-off (at most MAX_ATTEMPTS_PER_FLAP connection attempts
+#                 per flap over its whole life, where the old loop made ~100 in a few seconds) and its second
+#                 session, after the flaps, succeeds entirely; then A's rdma_cm must still work for others: a NEW
+#                 lnetctl process from A (a verified self-test against the same server) succeeds entirely, and
+#                 perftest's rdma_cm probe (ib_send_lat -R, server on B, client on A) connects and finishes. Saves
+#                 both hosts' QPs (rdma res show qp: A's GSI QP, QP1, carries rdma_cm's MADs) before and after the
+#                 flaps and both kernels' logs
+#   cm-probe      (diagnostic, not in the default list) can rdma_cm still connect A -> B (perftest's ib_send_lat -R)?
+#                 Also saves both kernels' logs
 #
 # Every case checks (scripts/fault-summary.py judges, scripts/judges-test.py tests the judge): each lnetctl process
 # the case did not kill exited by itself with the status the case expects (no hang, no crash, no SIGKILL from
@@ -32,7 +42,8 @@
 # server); and the fault took effect, shown by both hosts' rxe counters (sysfs hw_counters, saved before and after
 # each case and, in the same command as the fault, right before and after it: CASE.fault-on / CASE.fault-off) or
 # by the LND's counters: netem and blackout made rxe resend (retries, out-of-sequence packets, sequence NAKs,
-# duplicates), the link down took A's port down, the race made B reject A's request.
+# duplicates), the link down took A's port down (every one of the flaps too: link_downed moved 5 times), the race
+# made B reject A's request.
 # Results: results/fault-suite.txt (the table with the evidence, also printed) and results/fault-suite.json; the
 # raw JSON, stderr and exit status of every process and the rxe counters under results/fault-suite/. Exit status 0
 # when every case passed.
@@ -47,10 +58,11 @@
 # (scripts/test.sh does). Environment: FAULT_SUITE_DURATION (seconds of traffic per case, default 10),
 # FAULT_SUITE_SIZE (bytes per bulk operation, default 256KiB), FAULT_SUITE_CONCURRENCY (default 4), LND_TIMEOUT
 # (default here 10 s), FAULT_SUITE_NETEM (the netem arguments), FAULT_SUITE_NETEM_SIZE (bytes per operation under
-# netem, default 64KiB), LNET_LOG_LEVEL (e.g. info: more in the .err files), and anything softroce-2host.sh takes (SOFTROCE_2HOST_*).
+# netem, default 64KiB), FAULT_SUITE_FLAPS_DURATION (seconds of each of the flaps case's two rounds, default 20:
+# the first covers the flaps), LNET_LOG_LEVEL (e.g. info: more in the .err files), and anything softroce-2host.sh takes (SOFTROCE_2HOST_*).
 set -euo pipefail
 
-ALL_CASES=(netem-read-pull netem-read-push netem-write-pull netem-write-push blackout link-down server-kill race)
+ALL_CASES=(netem-read-pull netem-read-push netem-write-pull netem-write-push blackout link-down server-kill race flaps)
 
 # ---------------------------------------------------------------------------------------------------------------
 # The orchestrator: runs on this machine as softroce-2host.sh's fault script (on_a/on_b, F_RUN are given).
@@ -213,6 +225,26 @@ if [[ ${1:-} == --orchestrate ]]; then
                     finish "$c.$i.A" 120 && finish "$c.$i.B" 120 || return 1
                 done
                 ;;
+            flaps)
+                serve "$c.server" pull || return 1
+                # Round 1 covers the flaps (15 s, from 3 s in); round 2 (same process) starts once they are over.
+                client "$c.client" --op read --mode pull --size 1MiB --duration "${FS_FLAPS_DURATION}s" --rounds 2 \
+                    --round-files "$VSH/$c.round" || return 1
+                sleep_s 3
+                note "flaps: A's eth0 down 1 s, up 2 s, $FS_FLAPS times"
+                on_a "$(qps "$c.before" A); $(snap "$c.fault-on" A); s=0; i=0; while [ \$i -lt $FS_FLAPS ]; do i=\$((i + 1)); ip link set eth0 down || s=1; sleep 1; ip link set eth0 up || s=1; sleep 2; done; $(snap "$c.fault-off" A); $(qps "$c.flapped" A); exit \$s" || return 1
+                wait_file "$SH/$c.round.done-1" 120 "$SH/$c.client.rc" || [[ -e $SH/$c.client.rc ]] || return 1
+                : >"$SH/$c.round.go-1"
+                finish "$c.client" || return 1
+                # (a) A new process from A: its own rdma_cm ids, a fresh connection.
+                client "$c.new" --op read --mode pull --size 1MiB --count 16 || return 1
+                finish "$c.new" 120 || return 1
+                # (b) perftest's rdma_cm probe, A -> B (its own port, 18515).
+                probe "$c"
+                on_a "$(qps "$c.after" A); dmesg >$VSH/$c.dmesg-A.txt"
+                on_b "$(qps "$c.after" B); dmesg >$VSH/$c.dmesg-B.txt"
+                stop B "$c.server"
+                ;;
             cm-probe)   # diagnostic (not in the default list): can rdma_cm still connect A -> B? Plus both kernels' logs.
                 on_b "nohup timeout 30 ib_send_lat -R -x 1 -d rxe0 -n 100 >$VSH/cm-probe.B.txt 2>&1 &"
                 sleep_s 3
@@ -221,6 +253,25 @@ if [[ ${1:-} == --orchestrate ]]; then
                 ;;
             *) note "unknown case $c"; return 1 ;;
         esac
+    }
+
+    # qps NAME H: the command that saves host H's queue pairs (rdma res show qp) as NAME.qp-H.txt.
+    qps() {
+        printf '(rdma res show qp >%s/%s.qp-%s.txt 2>&1)' "$VSH" "$1" "$2"
+    }
+    # probe CASE: perftest's rdma_cm probe (ib_send_lat -R, over rdma_cm's port 18515): server on B, client on A,
+    # each with a time limit; outputs and exit statuses in CASE.probe-A.txt / CASE.probe-B.txt ("rc=N" last).
+    probe() {
+        rm -f "$SH/$1.probe-A.txt" "$SH/$1.probe-B.txt"
+        on_b "nohup sh -c '(timeout 40 ib_send_lat -R -x 1 -d rxe0 -n 100; echo rc=\$?) >$VSH/$1.probe-B.txt 2>&1' >/dev/null 2>&1 &"
+        sleep_s 3
+        on_a "(timeout 30 ib_send_lat -R -x 1 -d rxe0 -n 100 192.0.2.2; echo rc=\$?) >$VSH/$1.probe-A.txt 2>&1"
+        local i
+        for ((i = 0; i < 450; i++)); do
+            grep -q '^rc=' "$SH/$1.probe-B.txt" 2>/dev/null && return 0
+            sleep 0.1
+        done
+        note "the probe's server on B did not finish"
     }
 
     counters() {   # counters NAME: both hosts' rxe counters into the shared folder
@@ -257,6 +308,8 @@ export FS_DURATION=${FAULT_SUITE_DURATION:-10}
 export FS_SIZE=${FAULT_SUITE_SIZE:-256KiB}
 export FS_NETEM_SIZE=${FAULT_SUITE_NETEM_SIZE:-64KiB}
 export FS_CONCURRENCY=${FAULT_SUITE_CONCURRENCY:-4}
+export FS_FLAPS=5                   # the judge expects 5 (scripts/fault-summary.py FLAPS)
+export FS_FLAPS_DURATION=${FAULT_SUITE_FLAPS_DURATION:-20}
 export FS_OUT=$PWD/results/fault-suite
 export FS_CASES="${cases[*]}"
 export LND_TIMEOUT=${LND_TIMEOUT:-10}

@@ -28,6 +28,13 @@ And every case must show that its fault hit (the evidence is printed in the tabl
 - server-kill: the server died of the case's SIGKILL, operations failed with an error, the client reconnected.
 - race: in each race one connection each way at the end and both sessions passed; a connection request was rejected
   (by B, the higher NID: the lower one accepts) in at least one of the races; A sent no reject.
+- flaps: A's rxe port went down once per flap (link_downed moved FLAPS times between fault-on and fault-off), the
+  flaps failed operations with an error, the client rebuilt its connection and its second session (after the flaps)
+  succeeded entirely, with at most MAX_ATTEMPTS_PER_FLAP connection attempts (established + failed, the client's
+  whole life) per flap; then A's rdma_cm still worked: a new self-test process from A (flaps.new) passed entirely,
+  and perftest's rdma_cm probe (flaps.probe-A.txt / flaps.probe-B.txt, "rc=N" last) connected and finished on both
+  sides (rc=0). Where the queue pairs were saved (rdma res show qp), A's GSI QP (QP1, which carries rdma_cm's
+  MADs) must still be in RTS after the case.
 """
 import json
 import re
@@ -54,6 +61,12 @@ LOSS_EVIDENCE = (RETRIES, OUT_OF_SEQUENCE, SEQUENCE_NAKS, DUPLICATES)
 # blackout 10 retries. So a fault must show at least this many, and more than the same traffic showed after it.
 MIN_LOSS_EVENTS = 8
 MIN_BLACKOUT_RETRIES = 3
+# The flaps case: scripts/fault-suite.sh flaps A's link FLAPS times (down 1 s, up 2 s). With the LND's back-off
+# (50 ms doubling to 1 s while attempts fail) a 1 s outage costs about 5 failed attempts and one that succeeds once
+# the link is back; without it the client made ~100 attempts in a few seconds. So at most this many per flap,
+# counted over the client's whole life (its first connection and the second session's included).
+FLAPS = 5
+MAX_ATTEMPTS_PER_FLAP = 10
 
 
 def load(directory, name):
@@ -312,6 +325,76 @@ def judge_rounds(case, rounds, expect_failures):
     case.notes.append(f"after: {after['succeeded']}/{after['attempted']} ok")
 
 
+def probe_status(directory, name):
+    """The exit status a probe's output file ends with ("rc=N"), or None (no file, or it never finished)."""
+    try:
+        with open(os.path.join(directory, name)) as f:
+            found = re.findall(r"^rc=(\d+)\s*$", f.read(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(found[-1]) if found else None
+
+
+def gsi_state(directory, name):
+    """The state of the GSI QP (QP1) in an `rdma res show qp` listing, or None if it was not saved or not found."""
+    try:
+        with open(os.path.join(directory, name)) as f:
+            text = f.read()
+    except OSError:
+        return None
+    found = re.search(r"\blqpn 1 type GSI state (\S+)", text)
+    return found.group(1) if found else None
+
+
+def judge_flaps(case):
+    name, directory = case.name, case.directory
+    case.server(name + ".server")
+    rounds = case.client(name + ".client", "fail")
+    if rounds:
+        judge_rounds(case, rounds, expect_failures=True)
+    _, client, _ = load(directory, name + ".client")
+    if client is not None:
+        lnd = client.get("lnd") or {}
+        established = lnd.get("connections_established", 0)
+        failed = lnd.get("connect_attempts_failed", 0)
+        attempts = established + failed
+        bound = MAX_ATTEMPTS_PER_FLAP * FLAPS
+        case.check(established >= 2, f"the client made {established} connections; expected a rebuilt one")
+        case.check(attempts <= bound, f"the client made {attempts} connection attempts ({established} established, "
+                                      f"{failed} failed) for {FLAPS} flaps: more than {bound} ({MAX_ATTEMPTS_PER_FLAP} "
+                                      "per flap): no back-off?")
+        case.notes.append(f"client connection attempts {attempts} ({established} established, {failed} failed; "
+                          f"at most {bound} allowed), closed {lnd.get('connections_closed')}")
+    deltas = case.evidence("fault-on", "fault-off", "around the flaps", hosts="A")
+    if "A" in deltas:
+        downs = deltas["A"].get(LINK_DOWNED, 0)
+        case.check(downs >= FLAPS, f"A's rxe port went down {downs} times (link_downed), not once per flap ({FLAPS})")
+    # After the flaps: a new process from A ...
+    before = len(case.problems)
+    new_rounds = case.client(name + ".new", "pass")
+    if new_rounds and len(case.problems) == before:
+        case.notes.append(f"a new process after the flaps: {sum(r['succeeded'] for r in new_rounds)}/"
+                          f"{sum(r['attempted'] for r in new_rounds)} ok")
+    else:
+        case.problems.append("a new process from A could not work after the flaps (see above)")
+    # ... and perftest's rdma_cm probe.
+    statuses = {host: probe_status(directory, f"{name}.probe-{host}.txt") for host in "AB"}
+    for host, role in (("A", "client"), ("B", "server")):
+        rc = statuses[host]
+        case.check(rc == 0, f"perftest's rdma_cm probe (ib_send_lat -R) {role} on {host} "
+                            + ("did not finish" if rc is None else f"exited {rc}")
+                            + (": rdma_cm cannot connect A -> B after the flaps" if host == "A" else ""))
+    if statuses["A"] == 0 and statuses["B"] == 0:
+        case.notes.append("perftest's rdma_cm probe connected A -> B after the flaps")
+    states = {when: gsi_state(directory, f"{name}.{when}.qp-A.txt") for when in ("before", "flapped", "after")}
+    if any(states.values()):
+        case.notes.append("A's GSI QP (QP1): " + ", ".join(f"{when} {state or '?'}" for when, state in states.items()))
+    for when in ("flapped", "after"):
+        if states[when] is not None:
+            case.check(states[when] == "RTS", f"A's GSI QP (QP1, rdma_cm's MADs) is in state {states[when]} "
+                                              f"{'right after the flaps' if when == 'flapped' else 'at the end'}")
+
+
 def judge(directory, name):
     case = Case(name, directory)
     if os.path.exists(os.path.join(directory, name + ".harness-failed")):
@@ -375,6 +458,8 @@ def judge(directory, name):
                                       "in a race the lower NID accepts the higher one's")
         case.notes.append(f"one connection each way and both sessions passed in {races_ok} of 3 races; "
                           f"a request rejected in {raced} of 3 (rejects sent: A {rejects['A']}, B {rejects['B']})")
+    elif name == "flaps":
+        judge_flaps(case)
     elif name == "cm-probe":
         try:
             with open(os.path.join(directory, "cm-probe.A.txt")) as f:

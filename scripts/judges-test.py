@@ -6,7 +6,8 @@ Usage: scripts/judges-test.py        (scripts/test.sh runs it; exit status 0 whe
 
 A made-up run that should pass is judged PASS; then each test breaks one thing the judge must catch (a client
 SIGKILLed from outside, a crash after the JSON, lost operations that cancel out across rounds, a fault whose
-counters never moved, a failed race, failed soak operations, a host that exited non-zero, ...) and checks that the
+counters never moved, a failed race, link flaps after which rdma_cm no longer connects or that the client met with
+too many connection attempts, failed soak operations, a host that exited non-zero, ...) and checks that the
 judge fails it with the right reason.
 """
 import copy
@@ -30,7 +31,7 @@ def load_script(name):
 fault_summary = load_script("fault-summary")
 soak_summary = load_script("soak-summary")
 
-CASES = ["netem-read-pull", "blackout", "link-down", "server-kill", "race"]
+CASES = ["netem-read-pull", "blackout", "link-down", "server-kill", "race", "flaps"]
 ZERO = {"sent_pkts": 1000, "rcvd_pkts": 1000, "duplicate_request": 0, "out_of_seq_request": 0, "rcvd_rnr_err": 0,
         "send_rnr_err": 0, "rcvd_seq_err": 0, "ack_deferred": 0, "retry_exceeded_err": 0, "retry_rnr_exceeded_err": 0,
         "completer_retry_err": 0, "send_err": 0, "link_downed": 0, "rdma_sends": 10, "rdma_recvs": 10}
@@ -93,6 +94,23 @@ class Run:
         for i in (1, 2, 3):
             self.process(f"race.{i}.A", 0, client([round_(20)], connections=1, peer="192.0.2.2@o2ib"))
             self.process(f"race.{i}.B", 0, client([round_(20)], connections=1, rejects=1, peer="192.0.2.1@o2ib"))
+        # flaps: 5 outages, each costing a few failed attempts (back-off) and one connection that worked
+        self.process("flaps.server", 0, {"verification_failures": 0, "lnet": lnet()})
+        self.flaps_client(established=6, failed=24)
+        self.counters("flaps.fault-on", "A", {})
+        self.counters("flaps.fault-off", "A", {"link_downed": 5, "send_err": 12})
+        self.copy("flaps.fault-off.rxe-A.txt", "flaps.after.rxe-A.txt")
+        self.process("flaps.new", 0, client([round_(16)], connections=1))
+        self.write("flaps.probe-A.txt", "   Send Latency Test\n ... \n 2       100          17.12 ...\nrc=0\n")
+        self.write("flaps.probe-B.txt", "************************************\n* Waiting for client to connect... *\nrc=0\n")
+        for when in ("before", "flapped", "after"):
+            self.write(f"flaps.{when}.qp-A.txt", "link rxe0/1 lqpn 1 type GSI state RTS sq-psn 0 comm [ib_core]\n"
+                       "link rxe0/1 lqpn 17 type RC state RTS rq-psn 5 sq-psn 9 path-mig-state MIGRATED pdn 3 pid 412 comm lnetctl\n")
+
+    def flaps_client(self, established, failed):
+        obj = client([round_(60, failed=9), round_(70)], connections=established)
+        obj["lnd"]["connect_attempts_failed"] = failed
+        self.process("flaps.client", 1, obj)
 
     def process(self, name, rc, obj):
         self.write(name + ".rc", "" if rc is None else f"{rc}\n")
@@ -304,6 +322,63 @@ class FaultSuiteJudgeTests(unittest.TestCase):
         self.run.edit("race.1.A", lambda o: o["lnd"].update(rejects_sent=1))
         self.failsWith("race", "A (the lower NID) rejected 1 connection requests")
 
+    # the flaps case
+    def test_flaps_notes_the_evidence(self):
+        notes = self.run.judge("flaps").notes
+        self.assertIn("client connection attempts 30 (6 established, 24 failed; at most 50 allowed), closed 5", notes)
+        self.assertIn("rxe around the flaps: A: link-down 5, send-errors 12", notes)
+        self.assertIn("perftest's rdma_cm probe connected A -> B after the flaps", notes)
+        self.assertIn("A's GSI QP (QP1): before RTS, flapped RTS, after RTS", notes)
+
+    def test_flaps_whose_probe_timed_out_fail(self):
+        self.run.write("flaps.probe-A.txt", "Couldn't connect to 192.0.2.2:18515\nrc=124\n")
+        self.failsWith("flaps", "ib_send_lat -R) client on A exited 124: rdma_cm cannot connect A -> B after the flaps")
+
+    def test_flaps_whose_probe_server_never_finished_fail(self):
+        self.run.write("flaps.probe-B.txt", "* Waiting for client to connect... *\n")
+        self.failsWith("flaps", "probe (ib_send_lat -R) server on B did not finish")
+
+    def test_flaps_without_a_probe_fail(self):
+        self.run.remove("flaps.probe-A.txt")
+        self.failsWith("flaps", "client on A did not finish")
+
+    def test_flaps_whose_new_session_failed_fail(self):
+        self.run.process("flaps.new", 1, client([round_(16, failed=16, kinds={"unreachable": 16})], connections=0))
+        self.failsWith("flaps", "flaps.new: exit 1 (unexpected status), expected 0", "flaps.new: the self-test failed",
+                       "a new process from A could not work after the flaps")
+
+    def test_flaps_whose_new_session_could_not_start_fail(self):
+        self.run.process("flaps.new", 1, {"error": "round 1: no server at 12345-192.0.2.2@o2ib", "ok": False})
+        self.failsWith("flaps", "flaps.new: failed before reporting", "a new process from A could not work after the flaps")
+
+    def test_flaps_with_too_many_connection_attempts_fail(self):
+        self.run.flaps_client(established=6, failed=91)   # the old loop: ~100 attempts, no back-off
+        self.failsWith("flaps", "the client made 97 connection attempts (6 established, 91 failed) for 5 flaps: "
+                                "more than 50 (10 per flap): no back-off?")
+
+    def test_flaps_at_the_bound_pass(self):
+        self.run.flaps_client(established=5, failed=45)
+        self.assertEqual(self.run.judge("flaps").problems, [])
+
+    def test_flaps_the_port_did_not_see_fail(self):
+        for snapshot in ("fault-off", "after"):
+            self.run.counters(f"flaps.{snapshot}", "A", {"link_downed": 3})
+        self.failsWith("flaps", "A's rxe port went down 3 times (link_downed), not once per flap (5)")
+
+    def test_flaps_that_failed_nothing_fail(self):
+        obj = client([round_(60), round_(70)], connections=6)
+        self.run.process("flaps.client", 0, obj)
+        self.failsWith("flaps", "the fault failed no operation")
+
+    def test_flaps_with_failures_after_them_fail(self):
+        obj = client([round_(60, failed=9), round_(70, failed=2)], connections=6)
+        self.run.process("flaps.client", 1, obj)
+        self.failsWith("flaps", "after the fault: 2 of 70 failed")
+
+    def test_flaps_that_broke_the_gsi_qp_fail(self):
+        self.run.write("flaps.after.qp-A.txt", "link rxe0/1 lqpn 1 type GSI state ERR sq-psn 0 comm [ib_core]\n")
+        self.failsWith("flaps", "A's GSI QP (QP1, rdma_cm's MADs) is in state ERR at the end")
+
     def test_the_table_says_fail(self):
         self.run.process("netem-read-pull.client", 137, None)
         out = os.path.join(self.tmp.name, "table.txt")
@@ -311,7 +386,7 @@ class FaultSuiteJudgeTests(unittest.TestCase):
         self.assertEqual(fault_summary.main(), 1)
         with open(out) as f:
             table = f.read()
-        self.assertIn("fault suite: 4 of 5 cases passed", table)
+        self.assertIn("fault suite: 5 of 6 cases passed", table)
 
 
 def soak_client(attempted, failed=0, kinds=None):
