@@ -24,7 +24,8 @@
 #                 with exactly one connection to the other, and both sessions succeed
 #   flaps         A's link flaps 5 times (down 1 s, up 2 s) during verified 1 MiB reads (pull): operations fail with
 #                 an error, the client reconnects with back-off (at most MAX_ATTEMPTS_PER_FLAP connection attempts
-#                 per flap over its whole life, where the old loop made ~100 in a few seconds) and its second
+#                 per flap over its whole life and MAX_FAILED_ATTEMPTS_PER_SECOND failed ones in any second of its
+#                 log, where the old loop made ~100 in a few seconds) and its second
 #                 session, after the flaps, succeeds entirely; then A's rdma_cm must still work for others: a NEW
 #                 lnetctl process from A (a verified self-test against the same server) succeeds entirely, and
 #                 perftest's rdma_cm probe (ib_send_lat -R, server on B, client on A) connects and finishes. Saves

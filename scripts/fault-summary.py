@@ -31,10 +31,11 @@ And every case must show that its fault hit (the evidence is printed in the tabl
 - flaps: A's rxe port went down once per flap (link_downed moved FLAPS times between fault-on and fault-off), the
   flaps failed operations with an error, the client rebuilt its connection and its second session (after the flaps)
   succeeded entirely, with at most MAX_ATTEMPTS_PER_FLAP connection attempts (established + failed, the client's
-  whole life) per flap; then A's rdma_cm still worked: a new self-test process from A (flaps.new) passed entirely,
-  and perftest's rdma_cm probe (flaps.probe-A.txt / flaps.probe-B.txt, "rc=N" last) connected and finished on both
-  sides (rc=0). Where the queue pairs were saved (rdma res show qp), A's GSI QP (QP1, which carries rdma_cm's
-  MADs) must still be in RTS after the case.
+  whole life) per flap and at most MAX_FAILED_ATTEMPTS_PER_SECOND failed ones in any second of its log; then A's
+  rdma_cm still worked: a new self-test process from A (flaps.new) passed entirely, and perftest's rdma_cm probe
+  (flaps.probe-A.txt / flaps.probe-B.txt, "rc=N" last) connected and finished on both sides (rc=0). Where the
+  queue pairs were saved (rdma res show qp), A's GSI QP (QP1, which carries rdma_cm's MADs) must not have left
+  RTS - though a broken rdma_cm was seen with QP1 still listed in RTS: the new process and the probe decide.
 """
 import json
 import re
@@ -67,6 +68,11 @@ MIN_BLACKOUT_RETRIES = 3
 # counted over the client's whole life (its first connection and the second session's included).
 FLAPS = 5
 MAX_ATTEMPTS_PER_FLAP = 10
+# ... and at most this many failed attempts in any one second of the client's log (its "closing:" warnings: a
+# connection closed before it was established, or for a timeout). With the back-off a 1 s outage fails at 0, 50,
+# 150, 350 and 750 ms (4-5 a second were seen); without it, 11-16 a second were seen (the CM then broke).
+MAX_FAILED_ATTEMPTS_PER_SECOND = 8
+ATTEMPT_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\S* warning .*\bclosing: ")
 
 
 def load(directory, name):
@@ -346,6 +352,20 @@ def gsi_state(directory, name):
     return found.group(1) if found else None
 
 
+def failed_attempts_per_second(directory, name):
+    """{second: failed connection attempts logged in it} from a process's stderr, or None without the file."""
+    try:
+        with open(os.path.join(directory, name + ".err"), errors="replace") as f:
+            seconds = {}
+            for line in f:
+                found = ATTEMPT_LINE.match(line)
+                if found:
+                    seconds[found.group(1)] = seconds.get(found.group(1), 0) + 1
+            return seconds
+    except OSError:
+        return None
+
+
 def judge_flaps(case):
     name, directory = case.name, case.directory
     case.server(name + ".server")
@@ -365,6 +385,14 @@ def judge_flaps(case):
                                       "per flap): no back-off?")
         case.notes.append(f"client connection attempts {attempts} ({established} established, {failed} failed; "
                           f"at most {bound} allowed), closed {lnd.get('connections_closed')}")
+        seconds = failed_attempts_per_second(directory, name + ".client")
+        if seconds:
+            busiest, most = max(seconds.items(), key=lambda item: (item[1], item[0]))
+            case.check(most <= MAX_FAILED_ATTEMPTS_PER_SECOND,
+                       f"the client logged {most} failed connection attempts in one second ({busiest}): more than "
+                       f"{MAX_FAILED_ATTEMPTS_PER_SECOND}: no back-off?")
+            case.notes.append(f"failed attempts in the client's log: {sum(seconds.values())} in {len(seconds)} seconds, "
+                              f"at most {most} in one ({MAX_FAILED_ATTEMPTS_PER_SECOND} allowed)")
     deltas = case.evidence("fault-on", "fault-off", "around the flaps", hosts="A")
     if "A" in deltas:
         downs = deltas["A"].get(LINK_DOWNED, 0)

@@ -107,10 +107,16 @@ class Run:
             self.write(f"flaps.{when}.qp-A.txt", "link rxe0/1 lqpn 1 type GSI state RTS sq-psn 0 comm [ib_core]\n"
                        "link rxe0/1 lqpn 17 type RC state RTS rq-psn 5 sq-psn 9 path-mig-state MIGRATED pdn 3 pid 412 comm lnetctl\n")
 
-    def flaps_client(self, established, failed):
+    def flaps_client(self, established, failed, per_second=4):
         obj = client([round_(60, failed=9), round_(70)], connections=established)
         obj["lnd"]["connect_attempts_failed"] = failed
         self.process("flaps.client", 1, obj)
+        # its log: the failed attempts, `per_second` a second (as many seconds as it takes)
+        line = ("2026-12-02T01:02:{:02d}+0000 warning lnetctl: component=o2ib conn=active ni=192.0.2.1@o2ib "
+                "peer=192.0.2.2@o2ib [RDMALND] closing: cannot start connecting: the port is down\n")
+        self.write("flaps.client.err", "".join(line.format(i // per_second) for i in range(failed))
+                   + "2026-12-02T01:02:30+0000 info lnetctl: [RDMALND] closing: work request failed\n"
+                   + "lnetctl selftest: 9 of 130 operations failed, not verified: op 15 (slot 2): SEND connection closed\n")
 
     def process(self, name, rc, obj):
         self.write(name + ".rc", "" if rc is None else f"{rc}\n")
@@ -355,6 +361,19 @@ class FaultSuiteJudgeTests(unittest.TestCase):
         self.run.flaps_client(established=6, failed=91)   # the old loop: ~100 attempts, no back-off
         self.failsWith("flaps", "the client made 97 connection attempts (6 established, 91 failed) for 5 flaps: "
                                 "more than 50 (10 per flap): no back-off?")
+
+    def test_flaps_with_a_burst_of_attempts_fail(self):
+        # few in all, but 16 in one second: the back-off did not hold
+        self.run.flaps_client(established=6, failed=20, per_second=16)
+        self.failsWith("flaps", "the client logged 16 failed connection attempts in one second (2026-12-02T01:02:00): "
+                                "more than 8: no back-off?")
+
+    def test_flaps_count_only_failed_attempts_per_second(self):
+        # the info line of an established connection's close does not count; 8 in a second is allowed
+        self.run.flaps_client(established=6, failed=24, per_second=8)
+        case = self.run.judge("flaps")
+        self.assertEqual(case.problems, [])
+        self.assertIn("failed attempts in the client's log: 24 in 3 seconds, at most 8 in one (8 allowed)", case.notes)
 
     def test_flaps_at_the_bound_pass(self):
         self.run.flaps_client(established=5, failed=45)
