@@ -111,6 +111,7 @@ extension Connection {
     func failed(_ completion: WorkCompletion, _ state: inout State, _ deferred: inout Deferred) {
         // Flushes after a close, or of a connection the CM is still setting up (the CM thread decides its fate).
         guard state.phase == .established else { return }
+        state.queuePairFailed = true
         let status: LNetStatus = completion.status == .retryExceeded ? .timeout : .connectionClosed
         closeLocked(&state, reason: "work request failed: \(completion.status) (vendor error \(completion.vendorError))", status: status, &deferred)
     }

@@ -21,9 +21,10 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     enum Role: String, Sendable { case active, passive }
     enum Phase: Sendable, Equatable { case connecting, established, closed }
 
-    /// The verbs resources, attached when the queue pair is made (before connect or accept).
+    /// The verbs resources, attached when the queue pair is made (before connect or accept). The rdma_cm id is
+    /// not among them: the connection lets go of it when it closes (`State.cmID`), so that the CM thread, which
+    /// holds every id, decides when it is destroyed (see `ConnectionManager`).
     struct Resources: @unchecked Sendable {
-        let id: CMID
         let queuePair: QueuePair
         let sendQueue: CompletionQueue
         let receiveQueue: CompletionQueue
@@ -39,6 +40,12 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     struct State: Sendable {
         var phase = Phase.connecting
         var resources: Resources?
+        /// The rdma_cm id, from `attach` until the connection closes.
+        var cmID: CMID?
+        /// A work request failed: the queue pair is in error, and the link may be gone (rxe fails a QP with a local
+        /// QP operation error when it cannot route a packet, which can be before it marks the port down). No
+        /// disconnect request then (see `closeLocked`).
+        var queuePairFailed = false
         var peerStamp: UInt64 = 0
         var addressing: WireAddressing
         var queue = SendQueue(queueDepth: 1, limits: .init(sends: 1, rdma: 1))
@@ -127,13 +134,14 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         for slot in 0..<receiveSlots {
             try qp.postReceive(id: UInt64(slot), receiveBuffers.sge(offset: slot * messageSize, length: messageSize))
         }
-        let resources = Resources(id: id, queuePair: qp, sendQueue: sendCQ, receiveQueue: receiveCQ, receiveBuffers: receiveBuffers,
+        let resources = Resources(queuePair: qp, sendQueue: sendCQ, receiveQueue: receiveCQ, receiveBuffers: receiveBuffers,
                                   limits: limits, receiveSlots: receiveSlots,
                                   chain: SendChain(capacity: sendLimit + rdmaBudget, maxScatterGather: context.maxScatterGather))
         let arm = context.tunables.poll != .busy
         let open = state.withLock { state -> Bool in
             guard state.phase != .closed else { return false }
             state.resources = resources
+            state.cmID = id
             state.queue = SendQueue(queueDepth: depth, limits: .init(sends: sendLimit, rdma: rdmaBudget))
             state.receiveArmed = arm
             return true
@@ -202,13 +210,14 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
 
     /// Moves the QP to RTR and RTS with rdma_cm's attributes and the LND_IB_MTU override.
     func readyQueuePair() throws(VerbsError) {
-        guard let resources else { throw VerbsError(call: "readyQueuePair", errno: EINVAL, detail: "no queue pair") }
+        let (resources, id) = state.withLock { ($0.resources, $0.cmID) }
+        guard let resources, let id else { throw VerbsError(call: "readyQueuePair", errno: EINVAL, detail: "no queue pair") }
         let mtu = PathMTU(bytes: context.tunables.ibMTU)
         // INIT again first: the remote access rights depend on the READ depth both sides agreed on, which the
         // active side did not know when it first moved the QP to INIT (librdmacm does the same).
-        try resources.id.transition(resources.queuePair, to: .initialized)
-        try resources.id.transition(resources.queuePair, to: .readyToReceive, pathMTU: mtu)
-        try resources.id.transition(resources.queuePair, to: .readyToSend)
+        try id.transition(resources.queuePair, to: .initialized)
+        try id.transition(resources.queuePair, to: .readyToReceive, pathMTU: mtu)
+        try id.transition(resources.queuePair, to: .readyToSend)
     }
 
     // MARK: - Closing
@@ -256,20 +265,25 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             transaction.message = nil
         }
         state.transactions.removeAll()
-        let id = state.resources?.id
+        // The id goes back to the CM thread, which destroys it once nothing holds it and the port is up.
+        let id = state.cmID
+        state.cmID = nil
+        let queuePairFailed = state.queuePairFailed
         let queuePair = state.resources?.queuePair
         let drained = state.queue.posted.isEmpty
         let manager = scheduler
         deferred.add { [self] in
             // The QP is ours, not rdma_cm's: flush it ourselves, then tell the peer.
             try? queuePair?.moveToError()
-            // Tell the peer - unless our port is down: after a disconnect sent then, no rdma_cm connection on the
-            // rxe device worked any more (perftest's neither; the CM message's failed send most likely broke the
-            // device's MAD queue pair). The peer learns from its own timeouts, or from our next connection
-            // replacing this one.
+            // Tell the peer - unless the link may be gone. On rxe a CM message sent while the link is down fails
+            // (no route) and takes the device's GSI queue pair (QP1, which carries every CM message) into the error
+            // state: no rdma_cm connection on the device works after that, in any process. The port state alone
+            // races a flap (the QP fails on the missing route before rxe marks the port down), so after a failed
+            // work request nothing is sent from here either. The peer then learns from its own QP, or from the
+            // disconnect request rdma_destroy_id sends when the CM thread destroys the id, with the port up.
             if let id {
-                if id.portState() == .down {
-                    logger.info("port down: not sending a disconnect request")
+                if queuePairFailed || id.portState() == .down {
+                    logger.info("not sending a disconnect request", metadata: ["why": "\(queuePairFailed ? "the queue pair failed" : "the port is down")"])
                 } else {
                     do {
                         try id.disconnect()

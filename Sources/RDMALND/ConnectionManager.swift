@@ -19,6 +19,15 @@ import Glibc
 ///   own attempt. Exactly one connection survives.
 /// - A request from a newer incarnation of a peer replaces the old connection (whose messages fail); one from
 ///   an older incarnation is rejected as stale.
+///
+/// No CM message while the link is down: on rxe a CM message (REQ, REP, RTU, REJ, DREQ, DREP) posted while the
+/// device's link is down fails for want of a route and puts the device's GSI queue pair (QP1, which carries every
+/// CM message) into the error state, after which no rdma_cm connection on the device works, in any process, until
+/// the device is re-created. Destroying an id sends one too (a DREQ for a connected id, a REJ for one still
+/// connecting). So while the port is down this thread starts no connection (the attempt fails at once and the
+/// back-off applies), connects, establishes, accepts, rejects and disconnects nothing, and closes the connections
+/// still connecting (their requests would be resent while it is down); and it holds every id it made or accepted,
+/// destroying one only once nothing else holds it and the port is up.
 final class ConnectionManager: @unchecked Sendable {
     private let channel: CMEventChannel
     /// Released on stop, so the address and port are free again at once.
@@ -28,6 +37,10 @@ final class ConnectionManager: @unchecked Sendable {
     /// Only the CM thread touches this map.
     private var byID: [ObjectIdentifier: (CMID, Connection, ConnectionLimits)] = [:]
     private var retries: [(at: ContinuousClock.Instant, connection: Connection, limits: ConnectionLimits)] = []
+    /// Every id this thread made or accepted, until it is destroyed (only here, only with the port up).
+    private var held: [CMID] = []
+    /// The port's state at the last pass (to notice it going down).
+    private var portWasUp = true
     private unowned(unsafe) let runtime: LNDRuntime
 
     /// Binds and listens on `endpoint`; the listener's device is the LND's device.
@@ -46,6 +59,7 @@ final class ConnectionManager: @unchecked Sendable {
                              tearDown: { [self] in
                                  byID.removeAll()
                                  retries.removeAll()
+                                 held.removeAll()
                              })
     }
 
@@ -65,8 +79,29 @@ final class ConnectionManager: @unchecked Sendable {
         thread.wake()
     }
 
-    /// One pass of the CM thread: connect requests, due retries, then every pending rdma_cm event.
+    /// Whether the port the LND listens on is up (as rxe reports it; unknown counts as up).
+    private func portIsUp() -> Bool {
+        switch listener?.portState() {
+        case .none, .active, .activeDeferred: true
+        default: false
+        }
+    }
+
+    /// One pass of the CM thread: the port's state, connect requests, due retries, every pending rdma_cm event,
+    /// then the ids that may go.
     private func serveOnce() {
+        let up = portIsUp()
+        if !up && portWasUp {
+            // Requests still in flight would be resent by the CM while the link is down: end those attempts and let
+            // the back-off retry; their ids, and those of connections that closed before the CM was done with them,
+            // go once the port is back (destroying them cancels what the CM would resend).
+            logger.warning("port down: failing the connections still connecting")
+            for (key, entry) in byID where entry.1.phase != .established {
+                byID[key] = nil
+                if entry.1.phase == .connecting { fail(entry.1, "the port went down while connecting", status: .unreachable) }
+            }
+        }
+        portWasUp = up
         let asked = requests.withLock { queue -> [(connection: Connection, delay: Duration)] in
             defer { queue.removeAll() }
             return Array(queue)
@@ -89,19 +124,45 @@ final class ConnectionManager: @unchecked Sendable {
         } catch {
             logger.error("rdma_cm event channel failed: \(error)")
         }
+        release()
+    }
+
+    /// Destroys the ids nothing else holds any more (neither a connection nor the map of ids whose events still
+    /// matter) - only with the port up: destroying one may send a CM message.
+    private func release() {
+        guard portIsUp() else { return }
+        var index = 0
+        while index < held.count {
+            // Only this thread holds the array and makes new references from the channel's weak ones, so an id
+            // found uniquely referenced here stays so.
+            if isKnownUniquelyReferenced(&held[index]) {
+                held.swapAt(index, held.count - 1)
+                held.removeLast()
+            } else {
+                index += 1
+            }
+        }
     }
 
     // MARK: - Active side
 
     private func startActive(_ connection: Connection, limits: ConnectionLimits) {
+        guard portIsUp() else {
+            fail(connection, "cannot start connecting: the port is down", status: .unreachable)
+            return
+        }
+        var key: ObjectIdentifier?
         do {
             let id = try channel.createID()
+            held.append(id)
+            key = ObjectIdentifier(id)
             byID[ObjectIdentifier(id)] = (id, connection, limits)
             try id.setAckTimeout(UInt8(context.tunables.ackTimeout))
             let source = try IPv4Endpoint(formatIPv4(context.nid.address))
             let destination = try IPv4Endpoint(formatIPv4(connection.peer.address), port: UInt16(context.tunables.servicePort))
             try id.resolveAddress(from: source, to: destination, timeout: .seconds(min(context.tunables.timeout, 5)))
         } catch {
+            if let key { byID[key] = nil }
             fail(connection, "cannot start connecting: \(error)", status: .unreachable)
         }
     }
@@ -128,6 +189,10 @@ final class ConnectionManager: @unchecked Sendable {
             }
         case .routeResolved:
             guard connection.phase == .connecting else { return }
+            guard portIsUp() else {
+                fail(connection, "the port went down before the connect request", status: .unreachable)
+                return
+            }
             do {
                 try connection.attach(id: id, limits: limits)
                 guard let queuePair = connection.resources?.queuePair else { return }
@@ -146,9 +211,15 @@ final class ConnectionManager: @unchecked Sendable {
             guard let accept = try? ConnectAccept.decode(event.privateData), accept.source == connection.peer.rawValue,
                   accept.requesterStamp == context.stamp, accept.limits == limits else {
                 context.counters.bump(.protocolErrors)
-                try? id.reject(privateData: ConnectReject(reason: .malformed, stamp: context.stamp, limits: context.localLimits,
-                                                          servedNID: context.nid.rawValue).encoded())
+                if portIsUp() {
+                    try? id.reject(privateData: ConnectReject(reason: .malformed, stamp: context.stamp, limits: context.localLimits,
+                                                              servedNID: context.nid.rawValue).encoded())
+                }
                 fail(connection, "malformed or mismatched connection acceptance", status: .protocolError)
+                return
+            }
+            guard portIsUp() else {
+                fail(connection, "the port went down before the connection was established", status: .unreachable)
                 return
             }
             do {
@@ -163,7 +234,7 @@ final class ConnectionManager: @unchecked Sendable {
             // A connection closed before rdma_cm saw it established (the passive side closes on a bad first message
             // before the peer's RTU arrives) could not send its disconnect request then: send it now, or the peer
             // never learns.
-            if connection.phase == .closed { disconnectLate(id, connection) }
+            if connection.phase == .closed, portIsUp() { disconnectLate(id, connection) }
         case .rejected:
             byID[key] = nil
             handleReject(event, connection: connection, limits: limits)
@@ -171,7 +242,8 @@ final class ConnectionManager: @unchecked Sendable {
             byID[key] = nil
             fail(connection, "cannot reach \(connection.peer): \(event.kind) (status \(event.status))", status: .unreachable)
         case .disconnected:
-            try? id.disconnect()
+            // Answer the peer's request (DREP) - with the port down, rdma_destroy_id answers it later.
+            if portIsUp() { try? id.disconnect() }
             fail(connection, "disconnected by the peer", status: .connectionClosed)
         case .timeWaitExit:
             byID[key] = nil
@@ -234,6 +306,12 @@ final class ConnectionManager: @unchecked Sendable {
 
     private func handleRequest(_ event: CMEvent) {
         let id = event.id
+        held.append(id)
+        guard portIsUp() else {
+            // Neither accept nor reject (either sends a CM message); the id goes once the port is back.
+            logger.info("port down: ignoring a connection request")
+            return
+        }
         let request: ConnectRequest
         do {
             request = try ConnectRequest.decode(event.privateData)
@@ -293,6 +371,7 @@ final class ConnectionManager: @unchecked Sendable {
             try connection.readyQueuePair()
             guard let queuePair = connection.resources?.queuePair else { throw VerbsError(call: "accept", errno: EINVAL) }
             connection.established(peerStamp: request.sourceStamp, sending: false)
+            guard portIsUp() else { throw VerbsError(call: "rdma_accept", errno: ENETDOWN, detail: "the port is down") }
             try id.accept(ConnectionParameters(privateData: accept.encoded(), responderResources: depth, initiatorDepth: depth,
                                                retryCount: UInt8(context.tunables.retryCount), rnrRetryCount: UInt8(context.tunables.rnrRetryCount)),
                           queuePair: queuePair)
@@ -300,7 +379,10 @@ final class ConnectionManager: @unchecked Sendable {
             runtime.attempt(to: peer, succeeded: true)
         } catch {
             logger.warning("cannot accept \(peer): \(error)")
-            try? id.reject(privateData: ConnectReject(reason: .noResources, stamp: context.stamp, limits: ours, servedNID: context.nid.rawValue).encoded())
+            if portIsUp() {
+                try? id.reject(privateData: ConnectReject(reason: .noResources, stamp: context.stamp, limits: ours,
+                                                          servedNID: context.nid.rawValue).encoded())
+            }
             fail(connection, "accept failed: \(error)", status: .connectionClosed)
         }
     }
@@ -309,6 +391,8 @@ final class ConnectionManager: @unchecked Sendable {
         logger.info("rejecting a connection: \(why) (\(reason))")
         context.counters.bump(.rejectsSent)
         let reject = ConnectReject(reason: reason, stamp: context.stamp, limits: context.localLimits, servedNID: context.nid.rawValue)
+        // With the port down the id goes unanswered; destroying it later (port up) rejects it.
+        guard portIsUp() else { return }
         try? id.reject(privateData: reject.encoded())
     }
 }
