@@ -228,10 +228,13 @@ if [[ ${1:-} == --orchestrate ]]; then
                 ;;
             flaps)
                 serve "$c.server" pull || return 1
-                # Round 1 covers the flaps (15 s, from 3 s in); round 2 (same process) starts once they are over.
+                # Round 1 covers the flaps (15 s, from 2 s after its reads began); round 2 (same process) starts once
+                # they are over.
                 client "$c.client" --op read --mode pull --size 1MiB --duration "${FS_FLAPS_DURATION}s" --rounds 2 \
                     --round-files "$VSH/$c.round" || return 1
-                sleep_s 3
+                # Only once the session is set up and reading (round 1 does not retry its set-up).
+                traffic A 2000 || return 1
+                sleep_s 2
                 note "flaps: A's eth0 down 1 s, up 2 s, $FS_FLAPS times"
                 on_a "$(qps "$c.before" A); $(snap "$c.fault-on" A); s=0; i=0; while [ \$i -lt $FS_FLAPS ]; do i=\$((i + 1)); ip link set eth0 down || s=1; sleep 1; ip link set eth0 up || s=1; sleep 2; done; $(snap "$c.fault-off" A); $(qps "$c.flapped" A); exit \$s" || return 1
                 wait_file "$SH/$c.round.done-1" 120 "$SH/$c.client.rc" || [[ -e $SH/$c.client.rc ]] || return 1
@@ -256,6 +259,10 @@ if [[ ${1:-} == --orchestrate ]]; then
         esac
     }
 
+    # traffic H PACKETS: waits (at most 60 s) until host H's rxe has received PACKETS more packets: the traffic flows.
+    traffic() {
+        "on_${1,}" "f=/sys/class/infiniband/rxe0/ports/1/hw_counters/rcvd_pkts; s=\$(cat \$f); i=0; while [ \$((\$(cat \$f) - s)) -lt $2 ]; do i=\$((i + 1)); [ \$i -gt 300 ] && exit 1; sleep 0.2; done"
+    }
     # qps NAME H: the command that saves host H's queue pairs (rdma res show qp) as NAME.qp-H.txt.
     qps() {
         printf '(rdma res show qp >%s/%s.qp-%s.txt 2>&1)' "$VSH" "$1" "$2"
