@@ -340,6 +340,7 @@ extension Connection {
                 if let cookie = outgoing.starts { state.transactions[cookie]?.requestPosted = true }
                 if !outgoing.answered, case .finalize = outgoing.onSent { awaitedSend = true }
                 if !outgoing.answered, case .finishTransaction = outgoing.onSent { awaitedSend = true }
+                if case .noopSent = outgoing.onSent { awaitedSend = true }
             case .rdma(let step, let read, let sequence, let signaled):
                 chain.appendRDMA(id: sequence, read: read, remoteAddress: step.remoteAddress, rkey: step.rkey, local: step.local,
                                  signaled: signaled)
@@ -348,6 +349,13 @@ extension Connection {
             }
         }
         guard !chain.isEmpty else { return }
+        // Work whose completion matters, posted from another thread while the scheduler may sleep: arm before
+        // posting, so its completion raises an event whenever it comes (armed after, a completion that came first
+        // would raise none, and nothing would poll it). Its own thread arms before sleeping.
+        if awaitedSend || state.queue.awaitsCompletions, !state.sendArmed, !scheduler.isCurrentThread, context.tunables.poll != .busy {
+            state.sendArmed = true
+            try? resources.sendQueue.requestNotification()
+        }
         let total = chain.count
         let (accepted, error) = chain.post(on: resources.queuePair)
         if error == nil {
@@ -367,11 +375,5 @@ extension Connection {
             return
         }
         state.lastSend = .coarse
-        // Work whose completion matters, posted from another thread while the scheduler may sleep: make sure its
-        // completion wakes it. (Its own thread arms before sleeping.)
-        if awaitedSend, !state.sendArmed, !scheduler.isCurrentThread, context.tunables.poll != .busy {
-            state.sendArmed = true
-            try? resources.sendQueue.requestNotification()
-        }
     }
 }

@@ -114,8 +114,11 @@ struct SendQueue: Sendable {
     var queuedCount: Int { control.count + eager.count + requests.count + rdma.count }
     /// Requests waiting to be posted.
     var queuedRequests: Int { requests.count }
-    /// Whether posted work's completion matters now (see ``PostedWork/awaited``).
-    var awaitsCompletions: Bool { awaitedPosted > 0 }
+    /// Whether posted work's completion matters now: work whose completion finishes something (see
+    /// ``PostedWork/awaited``), a NOOP in flight (the next NOOP waits for its completion: without it, owed credits
+    /// could never go back once the peer has none left, and both sides would wait forever), or a full send queue
+    /// with messages waiting for room.
+    var awaitsCompletions: Bool { awaitedPosted > 0 || noopInFlight || (sendsPosted >= limits.sends && queuedCount > 0) }
     var isIdle: Bool { queuedCount == 0 && posted.isEmpty }
 
     /// The earliest deadline of a message that has not been posted yet.
