@@ -20,19 +20,12 @@ extension Connection {
             break
         case .putAck(let sourceCookie, let sinkCookie, let sink):
             guard let transaction = transaction(sourceCookie, [.putSource], "PUT_ACK") else { return }
-            guard transaction.grant == nil else { return unexpected("PUT_ACK for a PUT sent by pull") }
+            guard !transaction.pull else { return unexpected("PUT_ACK for a PUT sent by pull") }
             transaction.peerCookie = sinkCookie
             // The sink may have matched fewer bytes (a truncating MD): move what it offers room for.
             transaction.length = min(transaction.length, sink.totalLength)
-            guard let message = transaction.message else { return }
-            do {
-                transaction.grant = try context.registrar.grant(message.payload, access: [])
-            } catch {
-                state.queue.enqueue(Outgoing(body: .putDone(cookie: sinkCookie, status: Int32(LNetStatus.noResources.rawValue), length: 0),
-                                             answered: true, deadline: transaction.deadline))
-                complete(transaction, status: .noResources, &state, &deferred)
-                return
-            }
+            guard transaction.message != nil else { return }
+            // The source was registered when the PUT was sent (not here, on the scheduler thread).
             // WRITE, then PUT_DONE in the same chain; the PUT is done when PUT_DONE has gone.
             let done = Outgoing(body: .putDone(cookie: sinkCookie, status: 0, length: UInt32(transaction.length)),
                                 onSent: .finishTransaction(transaction.cookie), deadline: transaction.deadline)

@@ -47,16 +47,19 @@ extension Connection {
         case .put:
             let pull = context.tunables.putMode == .pull
             do {
-                let grant = pull ? try context.registrar.grant(message.payload, access: [.remoteRead]) : nil
+                // Pull: the sink READs the source, exposed for this transfer. Push: we WRITE it once the sink's
+                // PUT_ACK is in; registered now, on the sender's thread, so that the scheduler thread handling the
+                // PUT_ACK does not register (and hold up its other connections).
+                let grant = try context.registrar.grant(message.payload, access: pull ? [.remoteRead] : [])
                 guard fits(grant) else {
-                    grant?.revoke()
+                    grant.revoke()
                     logger.warning("PUT source has more fragments than \(peer) takes")
                     deferred.finalize(message, .noResources)
                     break
                 }
                 startTransaction(kind: .putSource, message: message, grant: grant, length: message.payload.length, eager: false,
-                                 deadline: deadline, &deferred) { cookie in
-                    .putRequest(lnet: lnet, cookie: cookie, source: grant?.descriptor ?? RDMADescriptor())
+                                 pull: pull, deadline: deadline, &deferred) { cookie in
+                    .putRequest(lnet: lnet, cookie: cookie, source: grant.descriptor)
                 }
             } catch {
                 logger.warning("cannot register the PUT source: \(error)")
@@ -75,7 +78,7 @@ extension Connection {
                     break
                 }
                 startTransaction(kind: .getRequester, message: message, grant: grant, length: sink.length, eager: eager,
-                                 deadline: deadline, &deferred) { cookie in
+                                 pull: false, deadline: deadline, &deferred) { cookie in
                     .getRequest(lnet: lnet, cookie: cookie, sink: grant?.descriptor ?? RDMADescriptor())
                 }
             } catch {
@@ -113,7 +116,7 @@ extension Connection {
     }
 
     private func startTransaction(kind: Transaction.Kind, message: LNetMessage, grant: MemoryGrant?, length: Int, eager: Bool,
-                                  deadline: Tick, _ deferred: inout Deferred, body: (UInt64) -> WireBody) {
+                                  pull: Bool, deadline: Tick, _ deferred: inout Deferred, body: (UInt64) -> WireBody) {
         state.withLock { state in
             guard state.phase != .closed else {
                 grant?.revoke()
@@ -125,58 +128,105 @@ extension Connection {
             transaction.grant = grant
             transaction.length = length
             transaction.eager = eager
+            transaction.pull = pull
             state.transactions[cookie] = transaction
             state.queue.enqueue(Outgoing(body: body(cookie), starts: cookie, holdsCredit: true, answered: true, deadline: deadline))
             pump(&state, &deferred)
         }
     }
 
+    // MARK: - Registering off the scheduler thread
+
+    /// Grants `window` with `access` and runs `then` with the grant (nil for an empty window) or the error, once.
+    /// At once on this thread, unless the grant would register at least `LND_REGISTRATION_OFFLOAD` bytes (a cache
+    /// miss, or remote access): then the registration runs on the registration thread, so the scheduler thread
+    /// keeps serving its other connections meanwhile, and `then` runs on this connection's scheduler thread when
+    /// the grant is ready. If the connection closed before the registration started, nothing is registered and
+    /// `then` gets nil: it finds the connection closed and finalizes its message.
+    func withGrant(_ window: LNetMDWindow, access: MemoryAccess,
+                   _ then: @escaping @Sendable (Result<MemoryGrant?, VerbsError>) -> Void) {
+        guard window.length > 0 else { return then(.success(nil)) }
+        let registrar = context.registrar
+        let threshold = context.tunables.registrationOffload
+        guard threshold > 0, registrar.bytesToRegister(window, access: access) >= threshold else {
+            then(Result { () throws(VerbsError) -> MemoryGrant? in try registrar.grant(window, access: access) })
+            return
+        }
+        let scheduler = self.scheduler
+        let counters = context.counters
+        context.registrationWorker.submit { [self] in
+            let result: Result<MemoryGrant?, VerbsError>
+            if isClosed {
+                result = .success(nil)
+            } else {
+                counters.bump(.registrationsOffloaded)
+                result = Result { () throws(VerbsError) -> MemoryGrant? in try registrar.grant(window, access: access) }
+            }
+            scheduler.submit { [self] in
+                then(result)
+                // Serve the connection in this round: work `then` posted is armed for before the thread sleeps.
+                scheduler.kick(self)
+            }
+        }
+    }
+
     // MARK: - Serving what LNet matched
 
-    /// The core matched an incoming PUT_REQ: pull its data (READ) or ask for a push (PUT_ACK).
+    /// The core matched an incoming PUT_REQ: pull its data (READ) or ask for a push (PUT_ACK), once the sink is
+    /// registered.
     func receivePut(_ message: LNetMessage, window: LNetMDWindow, sourceCookie: UInt64, source: RDMADescriptor) {
+        let pull = !source.fragments.isEmpty
+        withGrant(window, access: pull ? [.localWrite] : [.localWrite, .remoteWrite]) { [self] granted in
+            receivePut(message, window: window, sourceCookie: sourceCookie, source: source, granted: granted)
+        }
+    }
+
+    private func receivePut(_ message: LNetMessage, window: LNetMDWindow, sourceCookie: UInt64, source: RDMADescriptor,
+                            granted: Result<MemoryGrant?, VerbsError>) {
         var deferred = Deferred()
         let pull = !source.fragments.isEmpty
-        do {
-            let access: MemoryAccess = pull ? [.localWrite] : [.localWrite, .remoteWrite]
-            let grant = window.length > 0 ? try context.registrar.grant(window, access: access) : nil
-            guard pull || fits(grant) else {
-                grant?.revoke()
-                logger.warning("PUT sink has more fragments than \(peer) takes")
-                reply(.putNak(sourceCookie: sourceCookie, status: Int32(LNetStatus.noResources.rawValue)))
-                message.ni.finalize(message, status: .noResources)
-                return
-            }
-            state.withLock { state in
-                guard state.phase == .established else {
-                    grant?.revoke()
-                    deferred.finalize(message, .connectionClosed)
-                    return
-                }
-                let deadline = Tick.coarse + timeoutSeconds
-                let cookie = Self.newCookie(&state)
-                let transaction = Transaction(cookie: cookie, kind: .putSink, initiated: false, message: message, deadline: deadline)
-                transaction.grant = grant
-                transaction.peerCookie = sourceCookie
-                transaction.length = window.length
-                transaction.pull = pull
-                state.transactions[cookie] = transaction
-                if pull {
-                    // READ the source; PUT_DONE follows once the READ completed.
-                    let done = Outgoing(body: .putDone(cookie: sourceCookie, status: 0, length: UInt32(window.length)),
-                                        answered: true, deadline: deadline)
-                    startRDMA(transaction, remote: source, read: true, then: done, &state, &deferred)
-                } else {
-                    state.queue.enqueue(Outgoing(body: .putAck(sourceCookie: sourceCookie, sinkCookie: cookie,
-                                                               sink: grant?.descriptor ?? RDMADescriptor()),
-                                                 answered: true, deadline: deadline))
-                }
-                pump(&state, &deferred)
-            }
-        } catch {
+        let grant: MemoryGrant?
+        switch granted {
+        case .success(let granted):
+            grant = granted
+        case .failure(let error):
             logger.warning("cannot register the PUT sink: \(error)")
             reply(.putNak(sourceCookie: sourceCookie, status: Int32(LNetStatus.noResources.rawValue)))
-            deferred.finalize(message, .noResources)
+            message.ni.finalize(message, status: .noResources)
+            return
+        }
+        guard pull || fits(grant) else {
+            grant?.revoke()
+            logger.warning("PUT sink has more fragments than \(peer) takes")
+            reply(.putNak(sourceCookie: sourceCookie, status: Int32(LNetStatus.noResources.rawValue)))
+            message.ni.finalize(message, status: .noResources)
+            return
+        }
+        state.withLock { state in
+            guard state.phase == .established else {
+                grant?.revoke()
+                deferred.finalize(message, state.closeStatus)
+                return
+            }
+            let deadline = Tick.coarse + timeoutSeconds
+            let cookie = Self.newCookie(&state)
+            let transaction = Transaction(cookie: cookie, kind: .putSink, initiated: false, message: message, deadline: deadline)
+            transaction.grant = grant
+            transaction.peerCookie = sourceCookie
+            transaction.length = window.length
+            transaction.pull = pull
+            state.transactions[cookie] = transaction
+            if pull {
+                // READ the source; PUT_DONE follows once the READ completed.
+                let done = Outgoing(body: .putDone(cookie: sourceCookie, status: 0, length: UInt32(window.length)),
+                                    answered: true, deadline: deadline)
+                startRDMA(transaction, remote: source, read: true, then: done, &state, &deferred)
+            } else {
+                state.queue.enqueue(Outgoing(body: .putAck(sourceCookie: sourceCookie, sinkCookie: cookie,
+                                                           sink: grant?.descriptor ?? RDMADescriptor()),
+                                             answered: true, deadline: deadline))
+            }
+            pump(&state, &deferred)
         }
         deferred.run()
     }
@@ -232,45 +282,58 @@ extension Connection {
             return
         }
         let pull = length > eagerLimit && context.tunables.getMode == .pull
-        do {
-            let grant = length > 0 ? try context.registrar.grant(reply.payload, access: pull ? [.remoteRead] : []) : nil
-            guard !pull || fits(grant) else {
-                grant?.revoke()
-                logger.warning("GET source has more fragments than \(peer) takes")
-                self.reply(.getDone(cookie: requesterCookie, status: Int32(LNetStatus.noResources.rawValue), length: 0))
-                reply.ni.finalize(reply, status: .noResources)
-                return
-            }
-            state.withLock { state in
-                guard state.phase == .established else {
-                    grant?.revoke()
-                    deferred.finalize(reply, .connectionClosed)
-                    return
-                }
-                let cookie = Self.newCookie(&state)
-                let transaction = Transaction(cookie: cookie, kind: .getTarget, initiated: false, message: reply, deadline: deadline)
-                transaction.grant = grant
-                transaction.peerCookie = requesterCookie
-                transaction.length = length
-                transaction.pull = pull
-                state.transactions[cookie] = transaction
-                let done = Outgoing(body: .getDone(cookie: requesterCookie, status: 0, length: UInt32(length)),
-                                    onSent: .finishTransaction(cookie), deadline: deadline)
-                if pull {
-                    // Transmit-first: the data is staged and registered; tell the requester to READ it.
-                    state.queue.enqueue(Outgoing(body: .pull(requesterCookie: requesterCookie, targetCookie: cookie, status: 0,
-                                                             length: UInt32(length), source: grant?.descriptor ?? RDMADescriptor()),
-                                                 answered: true, deadline: deadline))
-                } else {
-                    // Push: WRITE into the sink, GET_DONE right behind the WRITEs in one chain.
-                    startRDMA(transaction, remote: sink, read: false, then: done, &state, &deferred)
-                }
-                pump(&state, &deferred)
-            }
-        } catch {
+        withGrant(reply.payload, access: pull ? [.remoteRead] : []) { [self] granted in
+            serveGet(reply, requesterCookie: requesterCookie, sink: sink, pull: pull, deadline: deadline, granted: granted)
+        }
+    }
+
+    /// The bulk part of ``serveGet(_:requesterCookie:sink:)``, once the source is registered.
+    private func serveGet(_ reply: LNetMessage, requesterCookie: UInt64, sink: RDMADescriptor, pull: Bool, deadline: Tick,
+                          granted: Result<MemoryGrant?, VerbsError>) {
+        var deferred = Deferred()
+        let length = reply.payload.length
+        let grant: MemoryGrant?
+        switch granted {
+        case .success(let granted):
+            grant = granted
+        case .failure(let error):
             logger.warning("cannot register the GET source: \(error)")
             self.reply(.getDone(cookie: requesterCookie, status: Int32(LNetStatus.noResources.rawValue), length: 0))
-            deferred.finalize(reply, .noResources)
+            reply.ni.finalize(reply, status: .noResources)
+            return
+        }
+        guard !pull || fits(grant) else {
+            grant?.revoke()
+            logger.warning("GET source has more fragments than \(peer) takes")
+            self.reply(.getDone(cookie: requesterCookie, status: Int32(LNetStatus.noResources.rawValue), length: 0))
+            reply.ni.finalize(reply, status: .noResources)
+            return
+        }
+        state.withLock { state in
+            guard state.phase == .established else {
+                grant?.revoke()
+                deferred.finalize(reply, state.closeStatus)
+                return
+            }
+            let cookie = Self.newCookie(&state)
+            let transaction = Transaction(cookie: cookie, kind: .getTarget, initiated: false, message: reply, deadline: deadline)
+            transaction.grant = grant
+            transaction.peerCookie = requesterCookie
+            transaction.length = length
+            transaction.pull = pull
+            state.transactions[cookie] = transaction
+            let done = Outgoing(body: .getDone(cookie: requesterCookie, status: 0, length: UInt32(length)),
+                                onSent: .finishTransaction(cookie), deadline: deadline)
+            if pull {
+                // Transmit-first: the data is staged and registered; tell the requester to READ it.
+                state.queue.enqueue(Outgoing(body: .pull(requesterCookie: requesterCookie, targetCookie: cookie, status: 0,
+                                                         length: UInt32(length), source: grant?.descriptor ?? RDMADescriptor()),
+                                             answered: true, deadline: deadline))
+            } else {
+                // Push: WRITE into the sink, GET_DONE right behind the WRITEs in one chain.
+                startRDMA(transaction, remote: sink, read: false, then: done, &state, &deferred)
+            }
+            pump(&state, &deferred)
         }
         deferred.run()
     }

@@ -54,6 +54,8 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         var lastReceive = Tick.coarse
         var lastSend = Tick.coarse
         var closeReason: String?
+        /// What the connection's messages were failed with when it closed (later ones get the same).
+        var closeStatus = LNetStatus.connectionClosed
         /// LNet messages waiting for the connection to be established (or for earlier ones to be sent).
         var waiting: Deque<LNetMessage> = []
         var draining = false
@@ -236,6 +238,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         state.phase = .closed
         closedFlag.store(true, ordering: .releasing)
         state.closeReason = reason
+        state.closeStatus = status
         if status == .protocolError || status == .timeout || !wasEstablished {
             logger.warning("closing: \(reason)")
         } else {

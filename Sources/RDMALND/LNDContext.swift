@@ -20,10 +20,12 @@ final class LNDContext: Sendable {
     /// READs in flight per connection each way (initiator depth / responder resources).
     let readDepth: UInt8
     let maxScatterGather: Int
+    /// Where slow registrations run (`LND_REGISTRATION_OFFLOAD`).
+    let registrationWorker: RegistrationWorker
     let counters = LNDCounters()
 
     init(ni: LNetNI, tunables: LNDTunables, stamp: UInt64, logger: Logger, protectionDomain: ProtectionDomain,
-         registrar: LNDRegistrar, pool: TransmitPool, readDepth: UInt8, maxScatterGather: Int) {
+         registrar: LNDRegistrar, pool: TransmitPool, readDepth: UInt8, maxScatterGather: Int, registrationWorker: RegistrationWorker) {
         self.ni = ni
         self.tunables = tunables
         self.stamp = stamp
@@ -33,6 +35,7 @@ final class LNDContext: Sendable {
         self.pool = pool
         self.readDepth = readDepth
         self.maxScatterGather = maxScatterGather
+        self.registrationWorker = registrationWorker
         self.localLimits = ConnectionLimits(
             queueDepth: UInt16(tunables.peerCredits), maxFragments: UInt16(tunables.maxFragments),
             maxMessageSize: UInt32(WireFormat.maxMessageSize(immediateSize: tunables.immediateSize, maxFragments: tunables.maxFragments)))
@@ -61,14 +64,14 @@ enum ProtocolViolation: String, CaseIterable, Sendable {
 final class LNDCounters: Sendable {
     enum Counter: Int, CaseIterable {
         case connectionsEstablished, connectionsClosed, connectAttemptsFailed, protocolErrors, timeouts, rdmaReads, rdmaWrites,
-             noops, rejectsSent, reconnects
+             noops, rejectsSent, reconnects, registrationsOffloaded
     }
 
     // One atomic per counter: bumped on the data path, read by lnetctl.
     private let connectionsEstablished = Atomic<Int>(0), connectionsClosed = Atomic<Int>(0), connectAttemptsFailed = Atomic<Int>(0),
                 protocolErrors = Atomic<Int>(0),
                 timeouts = Atomic<Int>(0), rdmaReads = Atomic<Int>(0), rdmaWrites = Atomic<Int>(0), noops = Atomic<Int>(0),
-                rejectsSent = Atomic<Int>(0), reconnects = Atomic<Int>(0)
+                rejectsSent = Atomic<Int>(0), reconnects = Atomic<Int>(0), registrationsOffloaded = Atomic<Int>(0)
 
     private func with<R>(_ counter: Counter, _ body: (borrowing Atomic<Int>) -> R) -> R {
         switch counter {
@@ -82,6 +85,7 @@ final class LNDCounters: Sendable {
         case .noops: body(noops)
         case .rejectsSent: body(rejectsSent)
         case .reconnects: body(reconnects)
+        case .registrationsOffloaded: body(registrationsOffloaded)
         }
     }
 
@@ -118,6 +122,8 @@ public struct LNDCountersSnapshot: Sendable, Equatable {
     public var noops: Int
     public var rejectsSent: Int
     public var reconnects: Int
+    /// Registrations made on the registration thread rather than a scheduler thread (`LND_REGISTRATION_OFFLOAD`).
+    public var registrationsOffloaded: Int
     /// Connections closed for a protocol violation, by kind (``protocolErrors`` is their sum, with the handshake's).
     public var protocolErrorsByKind: [String: Int]
 }
@@ -129,6 +135,6 @@ extension LNDCounters {
             connectAttemptsFailed: value(.connectAttemptsFailed),
             protocolErrors: value(.protocolErrors), timeouts: value(.timeouts), rdmaReads: value(.rdmaReads),
             rdmaWrites: value(.rdmaWrites), noops: value(.noops), rejectsSent: value(.rejectsSent), reconnects: value(.reconnects),
-            protocolErrorsByKind: violationCounts)
+            registrationsOffloaded: value(.registrationsOffloaded), protocolErrorsByKind: violationCounts)
     }
 }

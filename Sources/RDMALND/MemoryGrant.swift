@@ -61,8 +61,7 @@ final class LNDRegistrar: Registrar, @unchecked Sendable {
 
     /// Grants access to a window of an MD, through the cache when that is safe.
     func grant(_ window: LNetMDWindow, access: MemoryAccess) throws(VerbsError) -> MemoryGrant {
-        let remote = !access.isDisjoint(with: [.remoteRead, .remoteWrite, .remoteAtomic])
-        if window.isBufferBacked && !remote && cache.capacity > 0 {
+        if cacheable(window, access: access) {
             return try withinMemoryLock { () throws(VerbsError) in try cache.grant(window.segments, access: access) }
         }
         return try withinMemoryLock { () throws(VerbsError) in try direct.grant(window.segments, access: access) }
@@ -76,6 +75,25 @@ final class LNDRegistrar: Registrar, @unchecked Sendable {
         } catch {
             throw memoryLock.annotated(error)
         }
+    }
+
+    private func cacheable(_ window: LNetMDWindow, access: MemoryAccess) -> Bool {
+        let remote = !access.isDisjoint(with: [.remoteRead, .remoteWrite, .remoteAtomic])
+        return window.isBufferBacked && !remote && cache.capacity > 0
+    }
+
+    /// The bytes `grant(window, access:)` would register now: 0 for the segments the cache holds a registration
+    /// for, all of them for remote access (registered per transfer) and for memory the cache does not take. (The
+    /// cache may change before the grant is made: then the grant registers, or not, all the same.)
+    func bytesToRegister(_ window: LNetMDWindow, access: MemoryAccess) -> Int {
+        guard cacheable(window, access: access) else { return window.length }
+        // The rights the cache registers for a local-only grant (see `RegistrationCache.register`).
+        let local = access.intersection([.localWrite])
+        var bytes = 0
+        for segment in window.segments where segment.count > 0 && !cache.table.covers(segment, access: local) {
+            bytes += segment.count
+        }
+        return bytes
     }
 }
 

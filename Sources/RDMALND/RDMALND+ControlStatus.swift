@@ -29,6 +29,8 @@ extension RDMALND: LNetLNDStatusReporting {
                 LNDMetric("rdma_reads", .counter, counters.rdmaReads, help: "RDMA READs posted."),
                 LNDMetric("rdma_writes", .counter, counters.rdmaWrites, help: "RDMA WRITEs posted."),
                 LNDMetric("noops", .counter, counters.noops, help: "NOOPs sent (credit returns and keepalives)."),
+                LNDMetric("registrations_offloaded", .counter, counters.registrationsOffloaded,
+                          help: "Registrations made on the registration thread instead of a scheduler thread (LND_REGISTRATION_OFFLOAD)."),
             ]
             for (kind, count) in counters.protocolErrorsByKind.sorted(by: { $0.key < $1.key }) {
                 metrics.append(LNDMetric("protocol_errors_by_kind", .counter, count, help: "Connections closed for a protocol violation, by kind.",

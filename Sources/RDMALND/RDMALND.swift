@@ -211,18 +211,21 @@ final class LNDRuntime: @unchecked Sendable {
         } catch {
             throw budget.annotated(error)
         }
+        let worker = try RegistrationWorker()
         context = LNDContext(ni: ni, tunables: tunables, stamp: stamp, logger: logger, protectionDomain: protectionDomain,
                              registrar: LNDRegistrar(protectionDomain: protectionDomain, tunables: tunables, memoryLock: budget), pool: pool, readDepth: readDepth,
-                             maxScatterGather: min(limits.maxScatterGather, 16))
+                             maxScatterGather: min(limits.maxScatterGather, 16), registrationWorker: worker)
         for index in 0..<tunables.effectiveSchedulers {
             schedulers.append(try Scheduler(index: index, context: device, logger: logger, partitions: ni.partitions, tunables: tunables))
         }
         manager = try ConnectionManager(channel: channel, listener: listener, runtime: self)
         try listener.listen()
         do {
+            try worker.start()
             for scheduler in schedulers { try scheduler.start() }
             try manager.start()
         } catch {
+            worker.stop()
             for scheduler in schedulers { scheduler.stop() }
             throw error
         }
@@ -351,6 +354,10 @@ final class LNDRuntime: @unchecked Sendable {
             return Array(table.values)
         }
         for connection in all { connection.close(reason: "shutting down", status: .shutdown) }
+        // Registrations in flight finish (or, queued, find their connection closed) and hand their transfers to
+        // the schedulers, which finalize them: the worker stops first, then the schedulers run what they were
+        // handed (on this thread once they have stopped).
+        context.registrationWorker.stop()
         for scheduler in schedulers { scheduler.stop() }
     }
 }

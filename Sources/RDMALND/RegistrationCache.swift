@@ -459,6 +459,14 @@ final class RegistrationTable<Region: CacheableRegistration>: @unchecked Sendabl
         UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: range.start), count: Int(range.end - range.start))
     }
 
+    /// Whether `acquire(bytes, access:)` would find a cached registration now (nothing is registered, counted
+    /// or marked as used: a cheap look before deciding where a registration should run).
+    func covers(_ bytes: UnsafeMutableRawBufferPointer, access: MemoryAccess) -> Bool {
+        guard capacity > 0, let base = bytes.baseAddress,
+              let (start, end) = Self.pageRange(address: UInt(bitPattern: base), length: bytes.count, pageSize: pageSize) else { return false }
+        return state.withLock { state in Self.find(start: start, end: end, access: access, in: &state) != nil }
+    }
+
     /// Drops cached registrations overlapping `[address, address + length)` (now if unused, else when released).
     func invalidate(address: UInt, length: Int) {
         guard let (start, end) = Self.pageRange(address: address, length: length, pageSize: pageSize) else { return }

@@ -40,6 +40,8 @@ final class Scheduler: @unchecked Sendable {
     }
     private let members = Mutex(Members())
     private let kicked = Mutex<[Connection]>([])
+    /// Work handed to the thread (``submit(_:)``); `stopped` once ``stop()`` ran what was left.
+    private let submitted = Mutex<(tasks: [@Sendable () -> Void], stopped: Bool)>(([], false))
 
     // Only the scheduler thread touches these.
     private var snapshot: [Connection] = []
@@ -67,9 +69,39 @@ final class Scheduler: @unchecked Sendable {
         try thread.start { [self] thread in run(thread) }
     }
 
-    /// Stops the thread and waits for it to end (unless called from it).
+    /// Stops the thread and waits for it to end (unless called from it), then runs the work still submitted
+    /// (``submit(_:)``) on the caller's thread.
     func stop() {
         thread.stop()
+        while true {
+            let tasks = submitted.withLock { submitted -> [@Sendable () -> Void] in
+                if submitted.tasks.isEmpty { submitted.stopped = true }
+                defer { submitted.tasks.removeAll() }
+                return submitted.tasks
+            }
+            if tasks.isEmpty { return }
+            for task in tasks { task() }
+        }
+    }
+
+    /// Runs `task` on the scheduler thread, before it next looks at its connections (once the scheduler has
+    /// stopped: here, at once). The registration thread hands a transfer back to its connection this way.
+    func submit(_ task: @escaping @Sendable () -> Void) {
+        let inline = submitted.withLock { submitted -> Bool in
+            if submitted.stopped { return true }
+            submitted.tasks.append(task)
+            return false
+        }
+        if inline { task() } else { thread.wake() }
+    }
+
+    /// The submitted work, run on the thread.
+    private func runSubmitted() {
+        let tasks = submitted.withLock { submitted -> [@Sendable () -> Void] in
+            defer { submitted.tasks.removeAll(keepingCapacity: true) }
+            return submitted.tasks
+        }
+        for task in tasks { task() }
     }
 
     /// Places a connection here; completions on `queues` are its.
@@ -124,6 +156,7 @@ final class Scheduler: @unchecked Sendable {
         while thread.isRunning {
             swap(&ready, &carry)
             carry.removeAll(keepingCapacity: true)
+            runSubmitted()
             // A busy thread never arms a queue, so the channel has nothing to say (and reading it is a system call).
             collect(into: &ready, channel: channelReadable)
             channelReadable = false

@@ -36,7 +36,8 @@ final class Transaction: @unchecked Sendable {
     /// Its request (PUT_REQ, GET_REQ) was posted: it holds a transaction slot and an interface credit, and the
     /// peer may answer it. A control message for an unposted request is a protocol error.
     var requestPosted = false
-    /// For a PUT sink or GET target: whether the transfer is a pull (we READ / the peer READs).
+    /// Whether the transfer is a pull: the side holding the data exposes it and the other READs it (a PUT source
+    /// or sink, a GET target).
     var pull = false
     /// A GET requester whose sink went undescribed (it fits one message): the data comes in a REPLY.
     var eager = false

@@ -68,6 +68,11 @@ public struct LNDTunables: Sendable, Equatable {
     public var checksum = false
     /// Bytes the memory registration cache may keep registered (0: no cache, register per transfer).
     public var registrationCacheSize = 256 << 20
+    /// Registrations of at least this many bytes that the cache cannot answer (misses, and the per-transfer
+    /// registrations of remote access) run on the registration thread instead of the scheduler thread that
+    /// needs them, so a slow one does not hold up the scheduler's other connections (0: none; every
+    /// registration runs on the thread that needs it).
+    public var registrationOffload = 1 << 20
     /// Fragments in one RDMA descriptor (the most a transfer may be split into).
     public var maxFragments = 256
     /// The verbs device (empty: the one that carries the interface's address).
@@ -212,6 +217,8 @@ extension LNDTunables {
         .integer("lnd.servicePort", \.servicePort, 1...65_535, "rdma_cm service port"),
         .flag("lnd.checksum", \.checksum, "checksum every message"),
         .integer("lnd.registrationCacheSize", \.registrationCacheSize, 0...(1 << 40), size: true, "bytes the registration cache may keep registered (0: off)"),
+        .integer("lnd.registrationOffload", \.registrationOffload, 0...(1 << 40), size: true,
+                 "registrations of at least this many bytes the cache cannot answer run on the registration thread (0: none)"),
         .integer("lnd.maxFragments", \.maxFragments, 1...256, "fragments per RDMA descriptor"),
         .name("lnd.device", \.device, "verbs device (empty: the one carrying the interface address)"),
     ]

@@ -98,6 +98,21 @@ func fakeBytes(_ address: UInt, _ count: Int) -> UnsafeMutableRawBufferPointer {
         #expect(stats.cachedBytes == Self.page)
     }
 
+    @Test func coversAnswersWhatAcquireWouldHitWithoutRegisteringOrCounting() throws {
+        let fake = FakeRegistrar()
+        let table = fake.table(capacity: 1 << 20)
+        #expect(!table.covers(fakeBytes(page(0), 100), access: []), "nothing cached yet")
+        let held = try table.acquire(fakeBytes(page(0), 2 * Self.page), access: [.localWrite])
+        #expect(table.covers(fakeBytes(page(0) + 10, 100), access: []))
+        #expect(table.covers(fakeBytes(page(1), Self.page), access: [.localWrite]))
+        #expect(!table.covers(fakeBytes(page(1), 2 * Self.page), access: []), "runs past the cached pages")
+        #expect(!table.covers(fakeBytes(page(0), 100), access: [.localWrite, .remoteWrite]), "needs more rights")
+        let stats = table.statistics
+        #expect(fake.registered == 1 && stats.hits == 0 && stats.misses == 1, "a look registers and counts nothing")
+        #expect(!fake.table(capacity: 0).covers(fakeBytes(page(0), 100), access: []), "no cache covers nothing")
+        _ = held
+    }
+
     @Test func nearbyBuffersShareAPageAndContainedRangesHit() throws {
         let fake = FakeRegistrar()
         let table = fake.table(capacity: 1 << 20)
