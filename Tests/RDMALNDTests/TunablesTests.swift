@@ -16,7 +16,7 @@ import Testing
         let tunables = try LNDTunables.fromEnvironment([
             "LND_PEER_CREDITS": "32", "LND_CREDITS": "1024", "LND_IMMEDIATE_SIZE": "8K", "LND_GET_MODE": "push",
             "LND_PUT_MODE": "PUSH", "LND_CHECKSUM": "1", "LND_IB_MTU": "2048", "LND_REGISTRATION_CACHE_SIZE": "1G",
-            "LND_DEVICE": "rxe0", "LND_RNR_RETRY_COUNT": "7", "LND_NTX": "64",
+            "LND_DEVICE": "rxe0", "LND_RNR_RETRY_COUNT": "7", "LND_NTX": "64", "LND_REGISTRATION_OFFLOAD": "4M",
         ])
         #expect(tunables.peerCredits == 32)
         #expect(tunables.credits == 1024)
@@ -29,12 +29,14 @@ import Testing
         #expect(tunables.device == "rxe0")
         #expect(tunables.rnrRetryCount == 7)
         #expect(tunables.ntx == 64)
+        #expect(tunables.registrationOffload == 4 << 20)
     }
 
     @Test(arguments: [
         ("LND_PEER_CREDITS", "0", "1...255"), ("LND_PEER_CREDITS", "abc", "1...255"), ("LND_PEER_CREDITS", "256", "1...255"),
         ("LND_TIMEOUT", "-1", "1...3600"), ("LND_GET_MODE", "sideways", "pull, push"), ("LND_IB_MTU", "1500", "0, 256"),
         ("LND_CHECKSUM", "maybe", "0, 1"), ("LND_IMMEDIATE_SIZE", "1G", "0...65536 bytes"), ("LND_DEVICE", "rxe0;rm", "device name"),
+        ("LND_REGISTRATION_OFFLOAD", "2T", "0...1099511627776 bytes"),
     ])
     func badValueNamesTheVariableAndItsRange(variable: String, value: String, allowed: String) {
         #expect {
