@@ -20,8 +20,13 @@ final class RawPeer {
     let stamp: UInt64 = 77
     private var nextID: UInt64 = 1000
 
-    /// Connects from `address` to the victim's service port; `request` overrides the handshake.
-    init(address: String, victim: LNDNode, request: ConnectRequest? = nil, expectReject: Bool = false) throws {
+    /// Connects from `address` to the victim's service port; `request` overrides the handshake. `retryCount` and
+    /// `rnrRetryCount` are what the connection request asks for: the victim's queue pair (the passive side's)
+    /// resends that many times when this peer does not acknowledge, or has no receive posted (7: forever; on rxe
+    /// a retry count of 7 is unlimited too, and a send this peer answers "receiver not ready" also runs out the
+    /// retry count).
+    init(address: String, victim: LNDNode, request: ConnectRequest? = nil, expectReject: Bool = false,
+         retryCount: UInt8 = 3, rnrRetryCount: UInt8 = 3) throws {
         nid = NID(address: parseIPv4(address)!, network: .o2ib)
         self.victim = victim.id.nid
         let limits = ConnectionLimits(queueDepth: 8, maxFragments: 256,
@@ -49,7 +54,7 @@ final class RawPeer {
             try queuePair.post(ReceiveWorkRequest(id: UInt64(slot), scatterGather: [receiveBuffers.sge(offset: slot * messageSize, length: messageSize)]))
         }
         let handshake = request ?? ConnectRequest(source: nid.rawValue, sourceStamp: stamp, destination: victim.id.nid.rawValue, limits: limits)
-        try id.connect(ConnectionParameters(privateData: handshake.encoded(), responderResources: 4, initiatorDepth: 4, retryCount: 3, rnrRetryCount: 3))
+        try id.connect(ConnectionParameters(privateData: handshake.encoded(), responderResources: 4, initiatorDepth: 4, retryCount: retryCount, rnrRetryCount: rnrRetryCount))
         if expectReject { return }
         let established = try Self.wait(.established, channel)
         victimStamp = try ConnectAccept.decode(established.privateData).sourceStamp
