@@ -273,7 +273,9 @@ if [[ ${1:-} == --orchestrate ]]; then
         rm -f "$SH/$1.probe-A.txt" "$SH/$1.probe-B.txt"
         on_b "nohup sh -c '(timeout 40 ib_send_lat -R -x 1 -d rxe0 -n 100; echo rc=\$?) >$VSH/$1.probe-B.txt 2>&1' >/dev/null 2>&1 &"
         sleep_s 3
-        on_a "(timeout 30 ib_send_lat -R -x 1 -d rxe0 -n 100 192.0.2.2; echo rc=\$?) >$VSH/$1.probe-A.txt 2>&1"
+        # The client tries up to 3 times, 2 s apart: a server still starting (its calibration takes seconds under
+        # load) rejects it at once ("invalid service ID"; ib_send_lat then crashed once). A broken rdma_cm times out.
+        on_a "(n=0; rc=0; until timeout 25 ib_send_lat -R -x 1 -d rxe0 -n 100 192.0.2.2; do rc=\$?; n=\$((n + 1)); [ \$n -ge 3 ] && break; rc=0; sleep 2; done; echo rc=\$rc) >$VSH/$1.probe-A.txt 2>&1"
         local i
         for ((i = 0; i < 450; i++)); do
             grep -q '^rc=' "$SH/$1.probe-B.txt" 2>/dev/null && return 0
