@@ -323,6 +323,9 @@ export FS_FLAPS_DURATION=${FAULT_SUITE_FLAPS_DURATION:-20}
 export FS_OUT=$PWD/results/fault-suite
 export FS_CASES="${cases[*]}"
 export LND_TIMEOUT=${LND_TIMEOUT:-10}
+# An ACK the server could not send (its connection failed after the data was in) ends its operation with an ACK
+# timeout from LNet, within the self-test's own --timeout (40 s).
+export LNET_TRANSACTION_TIMEOUT=${LNET_TRANSACTION_TIMEOUT:-20}
 export FS_NETEM=${FAULT_SUITE_NETEM:-loss 1% delay 5ms 2ms reorder 25% 50%}
 [[ -x $FS_BIN/lnetctl ]] || { echo "fault-suite: no $FS_BIN/lnetctl (build first: swift build)" >&2; exit 2; }
 rm -rf "$FS_OUT" results/fault-suite.txt results/fault-suite.json

@@ -29,12 +29,18 @@ public final class LNet: Sendable {
         public var perPeerMetrics: Bool
         /// The metrics factory; `nil` uses the process-wide `MetricsSystem.factory` (LNet never bootstraps it).
         public var metricsFactory: (any MetricsFactory)?
+        /// How long a PUT waits for the ACK it asked for (Lustre's `lnet_transaction_timeout`): then its MD gets an
+        /// ACK event with status `.timeout`, and an ACK that comes later is dropped. The LND finalizes what it was
+        /// handed, but an ACK the peer could not send (its connection failed after the data was in) would
+        /// otherwise leave the MD waiting forever. `nil`: wait forever. `lnetctl` reads `LNET_TRANSACTION_TIMEOUT`.
+        public var ackTimeout: Duration?
 
         public init(pid: UInt32 = ProcessID.defaultPID, partitions: CPUPartitionTable = CPUPartitionTable(),
                     placement: PlacementPolicy = .peerHash, maxDelayedPerPortal: Int = 1024,
                     metricsPrefix: String = "lnet", perPeerMetrics: Bool = false,
-                    metricsFactory: (any MetricsFactory)? = nil) {
+                    metricsFactory: (any MetricsFactory)? = nil, ackTimeout: Duration? = .seconds(100)) {
             self.metricsFactory = metricsFactory
+            self.ackTimeout = ackTimeout
             self.pid = pid
             self.partitions = partitions
             self.placement = placement
@@ -67,6 +73,21 @@ public final class LNet: Sendable {
         var isShutdown = false
         /// Counters of interfaces that were shut down.
         var retired: [LNetInterfaceCounters] = []
+        /// PUTs waiting for their ACK, by the MD's cookie, oldest first (``Configuration/ackTimeout``).
+        var ackWaits: [UInt64: [AckWait]] = [:]
+        var nextAckWait: UInt64 = 1
+        /// ACKs that timed out, by the MD's cookie: the ACK, if it still comes, is dropped.
+        var ackTimeouts: [UInt64: Int] = [:]
+
+        /// Takes the oldest wait for an ACK to the MD `cookie` (or the one with `id`); nil when there is none.
+        mutating func takeAckWait(_ cookie: UInt64, id: UInt64? = nil) -> AckWait? {
+            guard var waits = ackWaits[cookie], let index = id.map({ id in waits.firstIndex { $0.id == id } }) ?? waits.indices.first else {
+                return nil
+            }
+            let wait = waits.remove(at: index)
+            ackWaits[cookie] = waits.isEmpty ? nil : waits
+            return wait
+        }
 
         mutating func makeCookie() -> UInt64 {
             defer { nextCookie += 1 }
@@ -75,6 +96,7 @@ public final class LNet: Sendable {
 
         mutating func remove(_ record: MDRecord) {
             mds.removeValue(forKey: record.handle.cookie)
+            ackTimeouts.removeValue(forKey: record.handle.cookie)
             if let me = record.matchEntry {
                 portals[me.portal]?.remove(me.handle)
                 meToMD.removeValue(forKey: me.handle.cookie)
@@ -84,6 +106,16 @@ public final class LNet: Sendable {
         func isLocal(_ nid: NID) -> Bool {
             nid == .loopback || interfaces.values.contains { $0.nid == nid }
         }
+    }
+
+    /// A PUT waiting for its ACK: what its timeout event says, and its timer.
+    struct AckWait {
+        let id: UInt64
+        let initiator: ProcessID
+        let target: ProcessID
+        let portal: UInt32
+        let matchBits: UInt64
+        var token: DeadlineTimer.Token?
     }
 
     public let configuration: Configuration
@@ -305,21 +337,76 @@ public final class LNet: Sendable {
     /// (the ACK would be dropped). Throws at once if there is no interface for the target's network.
     public func put(_ md: MDHandle, to target: ProcessID, portal: UInt32, matchBits: UInt64, offset: Int = 0,
                     ackRequested: Bool = true, headerData: UInt64 = 0, hints: LNetHints = .none) throws(LNetError) {
-        let message = try state.withLock { (state: inout State) throws(LNetError) -> LNetMessage in
+        let timeout = ackRequested ? configuration.ackTimeout : nil
+        let (message, wait) = try state.withLock { (state: inout State) throws(LNetError) -> (LNetMessage, UInt64?) in
             // The ACK uses the MD's threshold too: an MD with room for the SEND only would drop it silently.
             let (ni, source, record) = try outgoing(&state, md: md, to: target, offset: offset, events: ackRequested ? 2 : 1,
                                                     needs: "a PUT with an ACK needs 2 (SEND and ACK)",
                                                     remedy: ", or pass ackRequested: false")
+            var wait: UInt64?
+            if timeout != nil {
+                // Before the PUT goes: its ACK can come before its own completion.
+                let id = state.nextAckWait
+                state.nextAckWait += 1
+                state.ackWaits[md.cookie, default: []].append(AckWait(id: id, initiator: source, target: target, portal: portal,
+                                                                       matchBits: matchBits))
+                wait = id
+            }
             let header = LNetHeader(type: .put, source: source, destination: target, payloadLength: UInt32(record.length),
                                     portal: portal, matchBits: matchBits, offset: UInt64(offset), headerData: headerData,
                                     mdCookie: md.cookie, ackRequested: ackRequested, hints: hints)
-            return LNetMessage(id: nextMessageID(), header: header, direction: .outgoing,
-                               payload: record.window(offset: 0, length: record.length), ni: ni,
-                               completion: .init(md: md, event: .send, initiator: source, target: target, offset: 0,
-                                                 userHeaderData: headerData),
-                               requestedLength: record.length, matchedLength: record.length)
+            return (LNetMessage(id: nextMessageID(), header: header, direction: .outgoing,
+                                payload: record.window(offset: 0, length: record.length), ni: ni,
+                                completion: .init(md: md, event: .send, initiator: source, target: target, offset: 0,
+                                                  userHeaderData: headerData),
+                                requestedLength: record.length, matchedLength: record.length), wait)
         }
+        if let wait, let timeout { armAckTimeout(cookie: md.cookie, id: wait, after: timeout) }
         perform(Effects(.send(message.ni, message)))
+    }
+
+    /// The ACK of PUT `id` from the MD `cookie` is due within `timeout`: else the MD gets an ACK event with status
+    /// `.timeout` (and uses the threshold unit the ACK would have).
+    private func armAckTimeout(cookie: UInt64, id: UInt64, after timeout: Duration) {
+        let token = DeadlineTimer.shared.schedule(at: .now + timeout) { [weak self] in self?.ackTimedOut(cookie: cookie, id: id) }
+        let stale = state.withLock { state -> Bool in
+            guard let index = state.ackWaits[cookie]?.firstIndex(where: { $0.id == id }) else { return true }
+            state.ackWaits[cookie]?[index].token = token
+            return false
+        }
+        // The ACK (or the PUT's failure) came already.
+        if stale { _ = DeadlineTimer.shared.cancel(token) }
+    }
+
+    private func ackTimedOut(cookie: UInt64, id: UInt64) {
+        var effects = Effects()
+        state.withLock { state in
+            guard let wait = state.takeAckWait(cookie, id: id), let record = state.mds[cookie], record.isActive else { return }
+            state.ackTimeouts[cookie, default: 0] += 1
+            if let remaining = record.remaining { record.remaining = remaining - 1 }
+            let unlinked = record.isUnlinkable
+            if unlinked { state.remove(record) }
+            if let queue = record.eventQueue {
+                let event = LNetEvent(kind: .ack, status: .timeout, initiator: wait.initiator, target: wait.target, portal: wait.portal,
+                                      matchBits: wait.matchBits, requestedLength: 0, matchedLength: 0, offset: 0, headerData: 0,
+                                      hints: .none, md: record.handle, userInfo: record.userInfo, unlinked: unlinked)
+                if queue.post(event) { effects.inline.append((queue, event)) }
+            }
+        }
+        logger.warning("no ACK within the transaction timeout", metadata: ["md": "\(cookie)"])
+        perform(effects)
+    }
+
+    /// The ACK for the MD `cookie` came, or its PUT failed (no ACK will come): the oldest wait ends. False when the
+    /// ACK came after its timeout (its MD had the timeout event instead).
+    func endAckWait(_ state: inout State, cookie: UInt64) -> Bool {
+        if let wait = state.takeAckWait(cookie) {
+            if let token = wait.token { _ = DeadlineTimer.shared.cancel(token) }
+            return true
+        }
+        guard let late = state.ackTimeouts[cookie] else { return true }
+        state.ackTimeouts[cookie] = late > 1 ? late - 1 : nil
+        return false
     }
 
     /// Asks `target` for `md.length` bytes into `md` (`LNetGet`). Uses one unit of threshold for the SEND event and
@@ -391,6 +478,10 @@ public final class LNet: Sendable {
         ni.counters.recordFinalized(ok: status.isOK, peer: message.peer.nid, outcome)
         var effects = Effects()
         state.withLock { state in
+            // A PUT that failed gets no ACK: its wait ends (its MD keeps the ACK's threshold unit, as before).
+            if !status.isOK, message.direction == .outgoing, message.type == .put, message.header.ackRequested, let handle = completion.md {
+                _ = endAckWait(&state, cookie: handle.cookie)
+            }
             if let handle = completion.md, let record = state.mds[handle.cookie] {
                 record.pending -= 1
                 let unlinked = record.isUnlinkable

@@ -82,7 +82,7 @@ final class ControlNode: Sendable {
         }
         var lnetLogger = logger
         lnetLogger[metadataKey: "component"] = "lnet"
-        let lnet = LNet(configuration: LNet.Configuration(pid: options.pid), logger: lnetLogger)
+        let lnet = LNet(configuration: LNet.Configuration(pid: options.pid, ackTimeout: try transactionTimeout(environment)), logger: lnetLogger)
         let nid: NID
         do {
             switch interface.network.type {
@@ -144,4 +144,14 @@ final class ControlNode: Sendable {
         return NodeReport(interfaces: lnet.counters().interfaces, lndCounters: lndCounters, registration: registration,
                           connectionsAtEnd: connections)
     }
+}
+
+/// `LNET_TRANSACTION_TIMEOUT`: seconds a PUT waits for its ACK (``LNet/Configuration/ackTimeout``; default 100, twice
+/// LND_TIMEOUT's default, since the wait starts when the PUT is handed to the LND; 0: forever).
+func transactionTimeout(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws(CommandFailure) -> Duration? {
+    guard let text = environment["LNET_TRANSACTION_TIMEOUT"] else { return .seconds(100) }
+    guard let seconds = Int(text.trimmingCharacters(in: .whitespaces)), (0...3600).contains(seconds) else {
+        throw CommandFailure("LNET_TRANSACTION_TIMEOUT=\(text) is not valid; allowed: 0...3600 seconds (0: wait forever)")
+    }
+    return seconds == 0 ? nil : .seconds(seconds)
 }

@@ -191,6 +191,36 @@ final class ManualLND: LNetLND {
         #expect(ni.pendingMessageCount == 0)
     }
 
+    /// The peer could not send the ACK (its connection failed after the data was in): the PUT's MD gets an ACK
+    /// event with status `.timeout` after the transaction timeout, and the ACK, if it comes after all, is dropped.
+    @Test func anAckThatNeverComesTimesOut() async throws {
+        let lnet = LNet(configuration: .init(ackTimeout: .milliseconds(200)))
+        defer { lnet.shutdown() }
+        let lnd = ManualLND()
+        let ni = try lnet.addInterface(NetworkInterfaceConfiguration(network: LNetNetwork(type: .tcp), interfaceName: "eth0",
+                                                                     address: 0x0A00_0001), lnd: lnd)
+        let eq = EventQueue()
+        let md = try lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(copying: [1, 2, 3]), threshold: .count(2), eventQueue: eq))
+        try lnet.put(md, to: remote, portal: 4, matchBits: 9)
+        ni.finalize(try #require(lnd.sent.items.first), status: .ok)
+        #expect(try await eq.next(timeout: .seconds(5)).kind == .send)
+        let ack = try await eq.next(timeout: .seconds(5))
+        #expect(ack.kind == .ack && ack.status == .timeout && ack.unlinked && ack.target == remote && ack.matchBits == 9, "\(ack)")
+        let late = LNetHeader(type: .ack, source: remote, destination: local, length: 3, portal: 4, matchBits: 9, mdCookie: md.cookie)
+        #expect(ni.parse(header: late, from: remote.nid, context: nil, wantsRDMA: false) == .dropped(.noMatch))
+        // An ACK in time ends the wait: no timeout event follows it.
+        let md2 = try lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(copying: [1]), threshold: .count(2), eventQueue: eq))
+        try lnet.put(md2, to: remote, portal: 4, matchBits: 10)
+        ni.finalize(try #require(lnd.sent.items.last), status: .ok)
+        let onTime = LNetHeader(type: .ack, source: remote, destination: local, length: 1, portal: 4, matchBits: 10, mdCookie: md2.cookie)
+        #expect(ni.parse(header: onTime, from: remote.nid, context: nil, wantsRDMA: false) == .receiving)
+        ni.finalize(try #require(lnd.received.items.last).message, status: .ok)
+        #expect(try await eq.next(timeout: .seconds(5)).kind == .send)
+        #expect(try await eq.next(timeout: .seconds(5)).status == .ok)
+        try await Task.sleep(for: .milliseconds(400))
+        #expect(try eq.poll() == nil, "a timeout event after the ACK came")
+    }
+
     @Test func acksAndRepliesAreRoutedByCookie() throws {
         let (lnet, ni, lnd) = try node()
         defer { lnet.shutdown() }
