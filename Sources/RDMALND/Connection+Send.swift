@@ -389,7 +389,6 @@ extension Connection {
         let checksum = context.tunables.checksum
         var reads = 0
         var writes = 0
-        var awaitedSend = false
         while !chain.isFull, let work = state.queue.next(slot: { credit in pool.take(credit: credit, waiter: self) }) {
             switch work {
             case .send(let outgoing, let slot, let credits, let sequence, let fence):
@@ -401,21 +400,17 @@ extension Connection {
                 chain.appendSend(id: sequence, pool.sge(slot, length: length), fence: fence)
                 if case .noop = outgoing.body { context.counters.bump(.noops) }
                 if let cookie = outgoing.starts { state.transactions[cookie]?.requestPosted = true }
-                if !outgoing.answered, case .finalize = outgoing.onSent { awaitedSend = true }
-                if !outgoing.answered, case .finishTransaction = outgoing.onSent { awaitedSend = true }
-                if case .noopSent = outgoing.onSent { awaitedSend = true }
             case .rdma(let step, let read, let sequence, let signaled):
                 chain.appendRDMA(id: sequence, read: read, remoteAddress: step.remoteAddress, rkey: step.rkey, local: step.local,
                                  signaled: signaled)
                 if read { reads += 1 } else { writes += 1 }
-                if signaled { awaitedSend = true }
             }
         }
         guard !chain.isEmpty else { return }
         // Work whose completion matters, posted from another thread while the scheduler may sleep: arm before
         // posting, so its completion raises an event whenever it comes (armed after, a completion that came first
         // would raise none, and nothing would poll it). Its own thread arms before sleeping.
-        if awaitedSend || state.queue.awaitsCompletions, !state.sendArmed, !scheduler.isCurrentThread, context.tunables.poll != .busy {
+        if state.queue.awaitsCompletions, !state.sendArmed, !scheduler.isCurrentThread, context.tunables.poll != .busy {
             state.sendArmed = true
             try? resources.sendQueue.requestNotification()
         }
