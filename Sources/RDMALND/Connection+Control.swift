@@ -100,8 +100,7 @@ extension Connection {
             // Pulled a GET's REPLY: deliver it now; the transaction ends when GET_DONE has gone.
             guard let get = transaction.message else { return }
             transaction.message = nil
-            transaction.grant?.revoke()
-            transaction.grant = nil
+            transaction.revokeGrant()
             deferred.completeGet(get, .ok, length: transaction.length)
         case .putSource, .getTarget:
             break
@@ -111,8 +110,7 @@ extension Connection {
     /// Ends a transaction: revokes its memory, releases its slot, finalizes its LNet message.
     func complete(_ transaction: Transaction, status: LNetStatus, _ state: inout State, _ deferred: inout Deferred) {
         guard state.transactions.removeValue(forKey: transaction.cookie) != nil else { return }
-        transaction.grant?.revoke()
-        transaction.grant = nil
+        transaction.revokeGrant()
         if transaction.initiated && transaction.requestPosted {
             _ = state.queue.credits.finishTransaction()
             returnInterfaceCredit(&deferred)

@@ -1,4 +1,5 @@
 import LNet
+import Synchronization
 import Verbs
 
 /// The send path: LNet messages handed to the LND, what LNet matched for incoming requests, and posting.
@@ -51,15 +52,16 @@ extension Connection {
                 // PUT_ACK is in; registered now, on the sender's thread, so that the scheduler thread handling the
                 // PUT_ACK does not register (and hold up its other connections).
                 let grant = try context.registrar.grant(message.payload, access: pull ? [.remoteRead] : [])
-                guard fits(grant) else {
+                guard fits(grant.descriptor) else {
                     grant.revoke()
                     logger.warning("PUT source has more fragments than \(peer) takes")
                     deferred.finalize(message, .noResources)
                     break
                 }
+                let source = grant.descriptor
                 startTransaction(kind: .putSource, message: message, grant: grant, length: message.payload.length, eager: false,
                                  pull: pull, deadline: deadline, &deferred) { cookie in
-                    .putRequest(lnet: lnet, cookie: cookie, source: grant.descriptor)
+                    .putRequest(lnet: lnet, cookie: cookie, source: source)
                 }
             } catch {
                 logger.warning("cannot register the PUT source: \(error)")
@@ -71,15 +73,16 @@ extension Connection {
             let eager = sink.length <= eagerLimit
             do {
                 let grant = eager ? nil : try context.registrar.grant(sink, access: [.localWrite, .remoteWrite])
-                guard fits(grant) else {
+                guard fits(grant.descriptor) else {
                     grant?.revoke()
                     logger.warning("GET sink has more fragments than \(peer) takes")
                     deferred.finalize(message, .noResources)
                     break
                 }
+                let descriptor = grant.descriptor ?? RDMADescriptor()
                 startTransaction(kind: .getRequester, message: message, grant: grant, length: sink.length, eager: eager,
                                  pull: false, deadline: deadline, &deferred) { cookie in
-                    .getRequest(lnet: lnet, cookie: cookie, sink: grant?.descriptor ?? RDMADescriptor())
+                    .getRequest(lnet: lnet, cookie: cookie, sink: descriptor)
                 }
             } catch {
                 logger.warning("cannot register the GET sink: \(error)")
@@ -92,10 +95,10 @@ extension Connection {
         deferred.run()
     }
 
-    /// Whether a descriptor for `grant` fits the fragments the peer agreed to take.
-    private func fits(_ grant: MemoryGrant?) -> Bool {
-        guard let grant else { return true }
-        return grant.descriptor.fragments.count <= Int(attached?.limits.maxFragments ?? 0)
+    /// Whether a grant's descriptor fits the fragments the peer agreed to take (no grant, nil: it does).
+    private func fits(_ descriptor: RDMADescriptor?) -> Bool {
+        guard let descriptor else { return true }
+        return descriptor.fragments.count <= Int(attached?.limits.maxFragments ?? 0)
     }
 
     /// The largest payload that goes in one message on this connection: the tunable, within the negotiated size.
@@ -115,17 +118,19 @@ extension Connection {
         }
     }
 
-    private func startTransaction(kind: Transaction.Kind, message: LNetMessage, grant: MemoryGrant?, length: Int, eager: Bool,
+    /// (`grant` is taken into the lock's closure, which may not consume what it captures: so the Optional's
+    /// `take()`, at run time, moves it into the transaction or to its revocation.)
+    private func startTransaction(kind: Transaction.Kind, message: LNetMessage, grant: consuming MemoryGrant?, length: Int, eager: Bool,
                                   pull: Bool, deadline: Tick, _ deferred: inout Deferred, body: (UInt64) -> WireBody) {
         state.withLock { state in
             guard state.phase != .closed else {
-                grant?.revoke()
+                grant.take()?.revoke()
                 deferred.finalize(message, .connectionClosed)
                 return
             }
             let cookie = Self.newCookie(&state)
             let transaction = Transaction(cookie: cookie, kind: kind, initiated: true, message: message, deadline: deadline)
-            transaction.grant = grant
+            transaction.grant = grant.take()
             transaction.length = length
             transaction.eager = eager
             transaction.pull = pull
@@ -144,7 +149,7 @@ extension Connection {
     /// the grant is ready. If the connection closed before the registration started, nothing is registered and
     /// `then` gets nil: it finds the connection closed and finalizes its message.
     func withGrant(_ window: LNetMDWindow, access: MemoryAccess,
-                   _ then: @escaping @Sendable (Result<MemoryGrant?, VerbsError>) -> Void) {
+                   _ then: @escaping @Sendable (consuming Result<MemoryGrant?, VerbsError>) -> Void) {
         guard window.length > 0 else { return then(.success(nil)) }
         let registrar = context.registrar
         let threshold = context.tunables.registrationOffload
@@ -162,8 +167,9 @@ extension Connection {
                 counters.bump(.registrationsOffloaded)
                 result = Result { () throws(VerbsError) -> MemoryGrant? in try registrar.grant(window, access: access) }
             }
+            let handoff = GrantHandoff(result)
             scheduler.submit { [self] in
-                then(result)
+                then(handoff.take())
                 // Serve the connection in this round: work `then` posted is armed for before the thread sleeps.
                 scheduler.kick(self)
             }
@@ -182,11 +188,11 @@ extension Connection {
     }
 
     private func receivePut(_ message: LNetMessage, window: LNetMDWindow, sourceCookie: UInt64, source: RDMADescriptor,
-                            granted: Result<MemoryGrant?, VerbsError>) {
+                            granted: consuming Result<MemoryGrant?, VerbsError>) {
         var deferred = Deferred()
         let pull = !source.fragments.isEmpty
-        let grant: MemoryGrant?
-        switch granted {
+        var grant: MemoryGrant?
+        switch consume granted {
         case .success(let granted):
             grant = granted
         case .failure(let error):
@@ -195,23 +201,25 @@ extension Connection {
             message.ni.finalize(message, status: .noResources)
             return
         }
-        guard pull || fits(grant) else {
+        guard pull || fits(grant.descriptor) else {
             grant?.revoke()
             logger.warning("PUT sink has more fragments than \(peer) takes")
             reply(.putNak(sourceCookie: sourceCookie, status: Int32(LNetStatus.noResources.rawValue)))
             message.ni.finalize(message, status: .noResources)
             return
         }
+        let sink = grant.descriptor ?? RDMADescriptor()
+        // The lock's closure may not consume what it captures: `take()` moves the grant in (see `startTransaction`).
         state.withLock { state in
             guard state.phase == .established else {
-                grant?.revoke()
+                grant.take()?.revoke()
                 deferred.finalize(message, state.closeStatus)
                 return
             }
             let deadline = Tick.coarse + timeoutSeconds
             let cookie = Self.newCookie(&state)
             let transaction = Transaction(cookie: cookie, kind: .putSink, initiated: false, message: message, deadline: deadline)
-            transaction.grant = grant
+            transaction.grant = grant.take()
             transaction.peerCookie = sourceCookie
             transaction.length = window.length
             transaction.pull = pull
@@ -222,8 +230,7 @@ extension Connection {
                                     answered: true, deadline: deadline)
                 startRDMA(transaction, remote: source, read: true, then: done, &state, &deferred)
             } else {
-                state.queue.enqueue(Outgoing(body: .putAck(sourceCookie: sourceCookie, sinkCookie: cookie,
-                                                           sink: grant?.descriptor ?? RDMADescriptor()),
+                state.queue.enqueue(Outgoing(body: .putAck(sourceCookie: sourceCookie, sinkCookie: cookie, sink: sink),
                                              answered: true, deadline: deadline))
             }
             pump(&state, &deferred)
@@ -289,11 +296,11 @@ extension Connection {
 
     /// The bulk part of ``serveGet(_:requesterCookie:sink:)``, once the source is registered.
     private func serveGet(_ reply: LNetMessage, requesterCookie: UInt64, sink: RDMADescriptor, pull: Bool, deadline: Tick,
-                          granted: Result<MemoryGrant?, VerbsError>) {
+                          granted: consuming Result<MemoryGrant?, VerbsError>) {
         var deferred = Deferred()
         let length = reply.payload.length
-        let grant: MemoryGrant?
-        switch granted {
+        var grant: MemoryGrant?
+        switch consume granted {
         case .success(let granted):
             grant = granted
         case .failure(let error):
@@ -302,22 +309,24 @@ extension Connection {
             reply.ni.finalize(reply, status: .noResources)
             return
         }
-        guard !pull || fits(grant) else {
+        guard !pull || fits(grant.descriptor) else {
             grant?.revoke()
             logger.warning("GET source has more fragments than \(peer) takes")
             self.reply(.getDone(cookie: requesterCookie, status: Int32(LNetStatus.noResources.rawValue), length: 0))
             reply.ni.finalize(reply, status: .noResources)
             return
         }
+        let source = grant.descriptor ?? RDMADescriptor()
+        // The lock's closure may not consume what it captures: `take()` moves the grant in (see `startTransaction`).
         state.withLock { state in
             guard state.phase == .established else {
-                grant?.revoke()
+                grant.take()?.revoke()
                 deferred.finalize(reply, state.closeStatus)
                 return
             }
             let cookie = Self.newCookie(&state)
             let transaction = Transaction(cookie: cookie, kind: .getTarget, initiated: false, message: reply, deadline: deadline)
-            transaction.grant = grant
+            transaction.grant = grant.take()
             transaction.peerCookie = requesterCookie
             transaction.length = length
             transaction.pull = pull
@@ -327,7 +336,7 @@ extension Connection {
             if pull {
                 // Transmit-first: the data is staged and registered; tell the requester to READ it.
                 state.queue.enqueue(Outgoing(body: .pull(requesterCookie: requesterCookie, targetCookie: cookie, status: 0,
-                                                         length: UInt32(length), source: grant?.descriptor ?? RDMADescriptor()),
+                                                         length: UInt32(length), source: source),
                                              answered: true, deadline: deadline))
             } else {
                 // Push: WRITE into the sink, GET_DONE right behind the WRITEs in one chain.
@@ -433,5 +442,20 @@ extension Connection {
             return
         }
         state.lastSend = .coarse
+    }
+}
+
+/// Carries a registration's result from the registration thread to the scheduler thread's job. The job is an
+/// escaping closure, and an escaping closure may not consume a noncopyable value it captures: so the grant rides
+/// in this box and is taken out once (a second `take()` traps). Only offloaded registrations go this way.
+private final class GrantHandoff: Sendable {
+    private let result: Mutex<Result<MemoryGrant?, VerbsError>?>
+
+    init(_ result: consuming sending Result<MemoryGrant?, VerbsError>) {
+        self.result = Mutex(result)
+    }
+
+    func take() -> Result<MemoryGrant?, VerbsError> {
+        result.withLock { $0.take()! }
     }
 }

@@ -260,8 +260,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         var gets: [LNetMessage] = []
         for transaction in state.transactions.values {
             if transaction.initiated && transaction.requestPosted { returnInterfaceCredit(&deferred) }
-            transaction.grant?.revoke()
-            transaction.grant = nil
+            transaction.revokeGrant()
             if let message = transaction.message {
                 if transaction.kind == .getRequester { gets.append(message) } else { messages.append(message) }
             }

@@ -25,6 +25,11 @@ public struct RegisteredFragment: Sendable, Hashable {
 ///
 /// After `release()` a peer using one of the fragments' rkeys gets a remote access error. Release only once the
 /// transfer is over: every work request on this memory completed (or was flushed), and the peer was told it is done.
+///
+/// A class, not a noncopyable value with a consuming `release()` as `MemoryGrant` is: its public contract is a
+/// release that is idempotent, callable from any thread through a shared reference, and answered after it
+/// (`isReleased`, an empty `bindRequests`), with `deinit` as the backstop; and callers keep transfers in arrays,
+/// which hold no noncopyable elements.
 public final class RegisteredTransfer: @unchecked Sendable {
     /// The fragments, in the order given (zero-length fragments left out).
     public let fragments: [RegisteredFragment]

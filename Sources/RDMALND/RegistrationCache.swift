@@ -188,7 +188,7 @@ public final class RegistrationCache: @unchecked Sendable {
     /// Runs `register`; when the kernel refuses it for the memlock limit (`ENOMEM`: pinning more would pass
     /// `RLIMIT_MEMLOCK`), drops the cached registrations nobody is using and runs it once more. So the cache's
     /// idle registrations never make a transfer fail that would fit without them.
-    public func reclaiming<T>(_ register: () throws(VerbsError) -> T) throws(VerbsError) -> T {
+    public func reclaiming<T: ~Copyable>(_ register: () throws(VerbsError) -> T) throws(VerbsError) -> T {
         try table.reclaiming(register)
     }
 

@@ -186,7 +186,7 @@ final class RegistrationTable<Region: CacheableRegistration>: @unchecked Sendabl
 
     /// Runs `register`; when it fails with ENOMEM (the memlock limit), deregisters every registration not in use
     /// and, if that dropped any, runs it once more (counted in `reclaims` when it then succeeds).
-    func reclaiming<T>(_ register: () throws(VerbsError) -> T) throws(VerbsError) -> T {
+    func reclaiming<T: ~Copyable>(_ register: () throws(VerbsError) -> T) throws(VerbsError) -> T {
         do throws(VerbsError) {
             return try register()
         } catch {

@@ -28,6 +28,8 @@ final class Transaction: @unchecked Sendable {
     /// Started by this side: counts against the transaction limit and holds an interface credit once posted.
     let initiated: Bool
     var message: LNetMessage?
+    /// The transfer's memory, until `revokeGrant()`. (Held as an Optional in this class, so "revoked once" is
+    /// `take()` at run time here: the compiler cannot follow a value stored in a class.)
     var grant: MemoryGrant?
     var peerCookie: UInt64 = 0
     /// Bytes the transfer moves (for a GET requester: the sink's length until the target says how much came).
@@ -50,6 +52,11 @@ final class Transaction: @unchecked Sendable {
         self.initiated = initiated
         self.message = message
         self.deadline = deadline
+    }
+
+    /// Revokes the transfer's memory, if it still has any.
+    func revokeGrant() {
+        grant.take()?.revoke()
     }
 
     /// One line for the timeout log.
