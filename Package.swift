@@ -27,6 +27,8 @@ let package = Package(
             path: "CShims",
             linkerSettings: [.linkedLibrary("ibverbs"), .linkedLibrary("rdmacm")]
         ),
+        // Beside it, below LNet: the GNU C calls of the service threads (names, CPU affinity, eventfd, ppoll).
+        .target(name: "CSystemShims", path: "CSystemShims"),
         // Layer 2: owned, typed Swift handles over verbs and rdma_cm.
         .target(
             name: "Verbs",
@@ -39,6 +41,7 @@ let package = Package(
         .target(
             name: "LNet",
             dependencies: [
+                "CSystemShims",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "DequeModule", package: "swift-collections"),

@@ -85,11 +85,10 @@ public final class LNetControlServer: Sendable {
     private let lnet: LNet
     private let logger: Logger
     private let listener: Int32
-    private let wake: (read: Int32, write: Int32)
     /// The socket file's identity, so ``stop()`` removes only our own file.
     private let identity: (device: UInt64, inode: UInt64)
     private let started = ContinuousClock.now
-    private let thread = Mutex<ServiceThread?>(nil)
+    private let thread: ServiceThread
     private let stopped = Atomic<Bool>(false)
     private let stats = Mutex(Statistics())
     private let baseline = Mutex<(status: LNetNodeStatus, at: ContinuousClock.Instant)?>(nil)
@@ -107,22 +106,18 @@ public final class LNetControlServer: Sendable {
         logger[metadataKey: "control"] = "\(path)"
         self.logger = logger
         listener = try UnixSocket.listen(at: path, backlog: Int32(min(128, 4 * limits.maxClients)))
-        var pipeFDs: [Int32] = [-1, -1]
-        guard pipe(&pipeFDs) == 0 else {
-            let error = errno
-            UnixSocket.close(listener)
-            unlink(path)
-            throw LNetControlError("cannot make the control server's wake-up pipe: \(String(cString: strerror(error)))")
-        }
-        for fd in pipeFDs { UnixSocket.setNonBlocking(fd) }
-        wake = (pipeFDs[0], pipeFDs[1])
         var info = stat()
         lstat(path, &info)
         identity = (UInt64(info.st_dev), UInt64(info.st_ino))
-        let body: @Sendable () -> Void = { [self] in serve() }
-        do {
-            let started = try ServiceThread(name: "lnet-control", body)
-            thread.withLock { $0 = started }
+        do throws(LNetError) {
+            thread = try ServiceThread(name: "lnet-control")
+        } catch {
+            UnixSocket.close(listener)
+            unlink(path)
+            throw LNetControlError("cannot make the control server's thread: \(error)")
+        }
+        do throws(LNetError) {
+            try thread.start { [self] thread in serve(thread) }
         } catch {
             closeEverything()
             throw LNetControlError("cannot start the control server's thread: \(error)")
@@ -137,13 +132,7 @@ public final class LNetControlServer: Sendable {
     /// Idempotent; call before the process exits (a file left behind by a crash is replaced by the next server).
     public func stop() {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        var byte: UInt8 = 1
-        _ = write(wake.write, &byte, 1)
-        let running = thread.withLock { thread -> ServiceThread? in
-            defer { thread = nil }
-            return thread
-        }
-        running?.join()
+        thread.stop()
         closeEverything()
         logger.info("control socket closed", metadata: ["path": "\(path)"])
     }
@@ -154,8 +143,6 @@ public final class LNetControlServer: Sendable {
         if lstat(path, &info) == 0, UInt64(info.st_dev) == identity.device, UInt64(info.st_ino) == identity.inode {
             unlink(path)
         }
-        UnixSocket.close(wake.read)
-        UnixSocket.close(wake.write)
     }
 
     // MARK: - The snapshot
@@ -216,11 +203,11 @@ public final class LNetControlServer: Sendable {
         var answeredWithError = false
     }
 
-    private func serve() {
+    private func serve(_ thread: ServiceThread) {
         var clients: [Client] = []
         defer { for client in clients { UnixSocket.close(client.fd) } }
         var fds: [pollfd] = []
-        while !stopped.load(ordering: .acquiring) {
+        while thread.isRunning {
             let now = ContinuousClock.now
             // Clients past their deadline: a silent one is told why; one that does not read is just closed.
             clients.removeAll { client in
@@ -238,7 +225,6 @@ public final class LNetControlServer: Sendable {
             }
             stats.withLock { $0.connected = clients.count }
             fds.removeAll(keepingCapacity: true)
-            fds.append(pollfd(fd: wake.read, events: Int16(POLLIN), revents: 0))
             fds.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0))
             for client in clients {
                 let events: Int32
@@ -250,22 +236,21 @@ public final class LNetControlServer: Sendable {
             }
             let nearest = clients.map(\.deadline).min()
             let timeout = nearest.map { max(0, min(1000, Int32(Self.milliseconds($0 - now)) + 1)) } ?? 1000
-            let ready = poll(&fds, nfds_t(fds.count), timeout)
+            let ready = thread.sleep(polling: &fds, timeout: .milliseconds(timeout))
             if ready < 0 {
                 if errno == EINTR { continue }
                 logger.error("control server poll failed: \(String(cString: strerror(errno)))")
                 return
             }
-            if fds[0].revents != 0 { return }
-            // Clients first (their indices match fds[2...]), then new connections.
+            // Clients first (their indices match fds[1...]), then new connections.
             var keep: [Client] = []
             keep.reserveCapacity(clients.count)
             for (index, var client) in clients.enumerated() {
-                let revents = Int32(fds[index + 2].revents)
+                let revents = Int32(fds[index + 1].revents)
                 if revents == 0 || step(&client, revents: revents) { keep.append(client) } else { UnixSocket.close(client.fd) }
             }
             clients = keep
-            if fds[1].revents != 0 { acceptWaiting(into: &clients) }
+            if fds[0].revents != 0 { acceptWaiting(into: &clients) }
         }
     }
 

@@ -36,7 +36,7 @@ public final class LNetBuffer: @unchecked Sendable {
         let pages = max(1, (count + Self.pageSize - 1) / Self.pageSize)
         let result = posix_memalign(&pointer, Self.pageSize, pages * Self.pageSize)
         guard result == 0, let pointer else {
-            throw LNetError.invalidArgument("posix_memalign of \(count) bytes failed (error \(result))")
+            throw LNetError.systemCallFailed(call: "posix_memalign", errno: result, detail: "\(count) bytes")
         }
         memset(pointer, 0, pages * Self.pageSize)
         self.baseAddress = pointer

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// Errors thrown by the LNet API. Each case describes itself in plain words.
 ///
 /// A failure that came from below LNet (a verbs call, an LND's tunables, the OS) keeps that error as its
@@ -26,6 +32,9 @@ public enum LNetError: Error, Sendable, Equatable, CustomStringConvertible {
     case invalidMemoryDescriptor(String)
     /// An argument was out of range.
     case invalidArgument(String)
+    /// A system call LNet made for a resource failed (a thread, its eventfd, page-aligned memory): `errno` is
+    /// what the call returned or set, `detail` what it was for.
+    case systemCallFailed(call: String, errno: Int32, detail: String)
     /// The instance or interface is shutting down.
     case shutdown
     /// A bounded wait ended before the thing waited for happened.
@@ -57,6 +66,8 @@ public enum LNetError: Error, Sendable, Equatable, CustomStringConvertible {
         case .mdExhausted(let handle): return "memory descriptor \(handle) has no threshold left"
         case .invalidMemoryDescriptor(let reason): return "invalid memory descriptor: \(reason)"
         case .invalidArgument(let reason): return "invalid argument: \(reason)"
+        case .systemCallFailed(let call, let errno, let detail):
+            return "\(call) failed: \(String(cString: strerror(errno))) (errno \(errno))\(detail.isEmpty ? "" : " [\(detail)]")"
         case .shutdown: return "LNet is shutting down"
         case .timeout: return "timed out"
         case .cancelled: return "cancelled"

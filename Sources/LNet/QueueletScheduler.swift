@@ -1,5 +1,4 @@
 import DequeModule
-import Dispatch
 import Logging
 import Synchronization
 
@@ -34,9 +33,21 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
         let index: Int
         let staging = Mutex(Deque<[Item]>())
         let local = Mutex(LocalState())
-        let wakeup = DispatchSemaphore(value: 0)
+        /// The partition's service threads (set once, before any item can be submitted).
+        nonisolated(unsafe) var threads: [ServiceThread] = []
         let handled = Atomic<Int>(0)
         init(index: Int) { self.index = index }
+
+        /// Wakes one sleeping thread of the partition, as a semaphore's signal would. When none sleeps, every
+        /// thread is told to look again before it next sleeps (a flag, no system call), so a thread that was
+        /// about to sleep cannot miss the work while the others are busy.
+        func wakeOne() {
+            if let sleeper = threads.first(where: \.isSleeping) {
+                sleeper.wake()
+            } else {
+                for thread in threads { thread.wake() }
+            }
+        }
     }
 
     private final class WeakProducer: @unchecked Sendable {
@@ -52,7 +63,8 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
     private let producers = Mutex<[WeakProducer]>([])
     private let threads = Mutex<[ServiceThread]>([])
     private let stopping = Atomic<Bool>(false)
-    private let tickWakeup = DispatchSemaphore(value: 0)
+    /// The deadline ticker (only when batches hold more than one item).
+    private let ticker: ServiceThread?
     private let stopped = Atomic<Bool>(false)
     private let submitted = Atomic<Int>(0)
     private let handoffs = Atomic<Int>(0)
@@ -84,25 +96,28 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
         // The ticker's first pass is due one tick from now: no producer exists yet, so none of its queuelets can
         // be overdue before then, however late the ticker thread gets to run.
         let firstPass = ContinuousClock.now + configuration.deadlineTick
+        // Every thread is made before any starts, so a partition's list is complete before its threads run.
+        for partition in partitions {
+            partition.threads = try (0..<configuration.threadsPerPartition).map { (thread) throws(LNetError) in
+                try ServiceThread(name: "\(name.prefix(8))\(partition.index).\(thread)")
+            }
+        }
+        ticker = configuration.batchSize > 1 ? try ServiceThread(name: "\(name.prefix(8))-tick") : nil
         var started: [ServiceThread] = []
-        do {
+        do throws(LNetError) {
             for partition in partitions {
-                for thread in 0..<configuration.threadsPerPartition {
-                    started.append(try ServiceThread(name: "\(name.prefix(8))\(partition.index).\(thread)") { [self] in
-                        serviceLoop(partition)
-                    })
+                for thread in partition.threads {
+                    try thread.start { [self] thread in serviceLoop(partition, thread) }
+                    started.append(thread)
                 }
             }
-            if configuration.batchSize > 1 {
-                started.append(try ServiceThread(name: "\(name.prefix(8))-tick") { [self] in tickLoop(firstPass: firstPass) })
+            if let ticker {
+                try ticker.start { [self] thread in tickLoop(firstPass: firstPass, thread) }
+                started.append(ticker)
             }
         } catch {
             stopping.store(true, ordering: .releasing)
-            tickWakeup.signal()
-            for partition in partitions {
-                for _ in 0..<configuration.threadsPerPartition { partition.wakeup.signal() }
-            }
-            for thread in started { thread.join() }
+            for thread in started { thread.stop() }
             throw error
         }
         threads.withLock { $0 = started }
@@ -153,16 +168,13 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         flush()
         stopping.store(true, ordering: .releasing)
-        tickWakeup.signal()
-        for partition in partitions {
-            for _ in 0..<configuration.threadsPerPartition { partition.wakeup.signal() }
-        }
         let all = threads.withLock { list -> [ServiceThread] in
             let all = list
             list.removeAll()
             return all
         }
-        for thread in all { thread.join() }
+        // Each thread finishes what its partition holds before it ends (the loop drains once stopping is set).
+        for thread in all { thread.stop() }
     }
 
     private func liveProducers() -> [QueueletProducer<Item>] {
@@ -197,12 +209,12 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
     }
 
     func wake(_ partition: Int) {
-        partitions[partition].wakeup.signal()
+        partitions[partition].wakeOne()
     }
 
     // MARK: - Service side
 
-    private func serviceLoop(_ partition: Partition) {
+    private func serviceLoop(_ partition: Partition, _ thread: ServiceThread) {
         while true {
             if let run = partition.local.withLock({ $0.ready.popFirst() }) {
                 process(run, partition)
@@ -221,7 +233,7 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
                 let idle = partition.staging.withLock { $0.isEmpty } && partition.local.withLock { $0.ready.isEmpty }
                 if idle { return }
             }
-            _ = partition.wakeup.wait(timeout: .now() + .milliseconds(50))
+            thread.sleep()
         }
     }
 
@@ -249,7 +261,7 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
             state.ready.append(contentsOf: runs.dropFirst())
             return (true, first, runs.count - 1)
         }
-        for _ in 0..<min(claimed.offered, configuration.threadsPerPartition - 1) { partition.wakeup.signal() }
+        for _ in 0..<min(claimed.offered, configuration.threadsPerPartition - 1) { partition.wakeOne() }
         if let run = claimed.mine { process(run, partition) }
         return claimed.found
     }
@@ -274,16 +286,14 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
     /// whose deadline came more than a tick before the pass was due counts it late: that is the scheduler's
     /// fault (an overdue queuelet left behind, or passes scheduled too far apart), while the ticker thread
     /// running late, as on a loaded machine, is not.
-    private func tickLoop(firstPass: ContinuousClock.Instant) {
+    private func tickLoop(firstPass: ContinuousClock.Instant, _ thread: ServiceThread) {
         let delay = configuration.maxBatchDelay
         let tick = configuration.deadlineTick
         var due = firstPass
         while !stopping.load(ordering: .acquiring) {
-            // Shutdown signals the semaphore, so a long tick never delays it.
+            // Shutdown wakes the thread, so a long tick never delays it.
             let wait = due - ContinuousClock.now
-            if wait > .zero {
-                _ = tickWakeup.wait(timeout: .now() + .nanoseconds(Int(wait.inNanoseconds)))
-            }
+            if wait > .zero { thread.sleep(timeout: wait) }
             let now = ContinuousClock.now
             for producer in liveProducers() { producer.flush(startedBefore: now - delay, passDue: due, tick: tick) }
             due = now + tick

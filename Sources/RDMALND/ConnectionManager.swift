@@ -44,7 +44,7 @@ final class ConnectionManager: @unchecked Sendable {
     private unowned(unsafe) let runtime: LNDRuntime
 
     /// Binds and listens on `endpoint`; the listener's device is the LND's device.
-    init(channel: CMEventChannel, listener: CMID, runtime: LNDRuntime) throws(VerbsError) {
+    init(channel: CMEventChannel, listener: CMID, runtime: LNDRuntime) throws(LNetError) {
         self.channel = channel
         self.listener = listener
         self.runtime = runtime
@@ -54,7 +54,7 @@ final class ConnectionManager: @unchecked Sendable {
     private var context: LNDContext { runtime.context }
     private var logger: Logger { runtime.context.logger }
 
-    func start() throws(VerbsError) {
+    func start() throws(LNetError) {
         try thread.startLoop(watching: channel.fileDescriptor, body: { [self] in serveOnce() },
                              tearDown: { [self] in
                                  byID.removeAll()

@@ -1,4 +1,5 @@
 import DequeModule
+import LNet
 import Synchronization
 import Verbs
 
@@ -24,15 +25,15 @@ final class RegistrationWorker: @unchecked Sendable {
     private let thread: ServiceThread
     private let queue = Mutex(Queue())
 
-    init() throws(VerbsError) {
+    init() throws(LNetError) {
         thread = try ServiceThread(name: "o2ib-reg")
     }
 
-    func start() throws(VerbsError) {
+    func start() throws(LNetError) {
         try thread.start { [self] thread in
             while thread.isRunning {
                 runQueued()
-                thread.sleep(watching: nil, timeoutMilliseconds: 1000)
+                thread.sleep()
             }
         }
     }

@@ -52,7 +52,7 @@ final class Scheduler: @unchecked Sendable {
     /// How long one burst is served before the thread looks at its other connections and timers.
     static let burstLimit: UInt64 = 2_000_000
 
-    init(index: Int, context: DeviceContext, logger: Logger, partitions: CPUPartitionTable, tunables: LNDTunables) throws(VerbsError) {
+    init(index: Int, context: DeviceContext, logger: Logger, partitions: CPUPartitionTable, tunables: LNDTunables) throws {
         self.index = index
         self.partition = index % max(1, partitions.count)
         self.vectors = max(1, context.completionVectorCount)
@@ -65,7 +65,7 @@ final class Scheduler: @unchecked Sendable {
         self.logger = logger
     }
 
-    func start() throws(VerbsError) {
+    func start() throws(LNetError) {
         try thread.start { [self] thread in run(thread) }
     }
 
@@ -179,7 +179,7 @@ final class Scheduler: @unchecked Sendable {
             for connection in ready where connection.prepareToSleep() { carry.append(connection) }
             if !carry.isEmpty { continue }
             let untilTimers = Self.timerInterval - min(Self.timerInterval, Tick.coarse.since(lastTimers))
-            channelReadable = thread.sleep(watching: channel.fileDescriptor, timeoutMilliseconds: Int32(untilTimers / 1_000_000) + 1)
+            channelReadable = thread.sleep(watching: channel.fileDescriptor, timeoutNanoseconds: Int64(untilTimers / 1_000_000 + 1) * 1_000_000)
         }
     }
 
