@@ -166,7 +166,7 @@ import Testing
     }
 
     @Test func theTimerFiresDueEntriesInOrderAndForgetsCancelledOnes() async throws {
-        let timer = DeadlineTimer(label: "test.timer")
+        let timer = DeadlineTimer(name: "test-timer")
         let fired = Collector<Int>()
         let base = ContinuousClock.now + .milliseconds(50)
         var tokens: [DeadlineTimer.Token] = []
