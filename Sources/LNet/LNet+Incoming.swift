@@ -73,7 +73,7 @@ extension LNet {
             return matchRequest(&state, ni: ni, header: header, context: context, wantsRDMA: wantsRDMA, mayDelay: mayDelay, &effects)
         case .ack:
             // An ACK nobody waits for any more (its PUT's transaction timeout passed) is dropped.
-            guard let record = state.mds[header.mdCookie], record.isActive, endAckWait(&state, cookie: header.mdCookie) else {
+            guard let record = state.mds[header.mdCookie], record.isActive, endAckWait(&state, record: record) else {
                 return reject(&state, ni: ni, header: header, status: .noMatch, context: context, wantsRDMA: wantsRDMA, &effects)
             }
             record.attach()

@@ -73,21 +73,8 @@ public final class LNet: Sendable {
         var isShutdown = false
         /// Counters of interfaces that were shut down.
         var retired: [LNetInterfaceCounters] = []
-        /// PUTs waiting for their ACK, by the MD's cookie, oldest first (``Configuration/ackTimeout``).
-        var ackWaits: [UInt64: [AckWait]] = [:]
-        var nextAckWait: UInt64 = 1
-        /// ACKs that timed out, by the MD's cookie: the ACK, if it still comes, is dropped.
-        var ackTimeouts: [UInt64: Int] = [:]
-
-        /// Takes the oldest wait for an ACK to the MD `cookie` (or the one with `id`); nil when there is none.
-        mutating func takeAckWait(_ cookie: UInt64, id: UInt64? = nil) -> AckWait? {
-            guard var waits = ackWaits[cookie], let index = id.map({ id in waits.firstIndex { $0.id == id } }) ?? waits.indices.first else {
-                return nil
-            }
-            let wait = waits.remove(at: index)
-            ackWaits[cookie] = waits.isEmpty ? nil : waits
-            return wait
-        }
+        /// MDs whose PUTs wait for their ACK, in deadline order (``Configuration/ackTimeout``).
+        var ackTracker = AckTracker()
 
         mutating func makeCookie() -> UInt64 {
             defer { nextCookie += 1 }
@@ -96,7 +83,7 @@ public final class LNet: Sendable {
 
         mutating func remove(_ record: MDRecord) {
             mds.removeValue(forKey: record.handle.cookie)
-            ackTimeouts.removeValue(forKey: record.handle.cookie)
+            ackTracker.remove(record)
             if let me = record.matchEntry {
                 portals[me.portal]?.remove(me.handle)
                 meToMD.removeValue(forKey: me.handle.cookie)
@@ -106,16 +93,6 @@ public final class LNet: Sendable {
         func isLocal(_ nid: NID) -> Bool {
             nid == .loopback || interfaces.values.contains { $0.nid == nid }
         }
-    }
-
-    /// A PUT waiting for its ACK: what its timeout event says, and its timer.
-    struct AckWait {
-        let id: UInt64
-        let initiator: ProcessID
-        let target: ProcessID
-        let portal: UInt32
-        let matchBits: UInt64
-        var token: DeadlineTimer.Token?
     }
 
     public let configuration: Configuration
@@ -338,19 +315,21 @@ public final class LNet: Sendable {
     public func put(_ md: MDHandle, to target: ProcessID, portal: UInt32, matchBits: UInt64, offset: Int = 0,
                     ackRequested: Bool = true, headerData: UInt64 = 0, hints: LNetHints = .none) throws(LNetError) {
         let timeout = ackRequested ? configuration.ackTimeout : nil
-        let (message, wait) = try state.withLock { (state: inout State) throws(LNetError) -> (LNetMessage, UInt64?) in
+        let (message, sweep) = try state.withLock { (state: inout State) throws(LNetError) -> (LNetMessage, ContinuousClock.Instant?) in
             // The ACK uses the MD's threshold too: an MD with room for the SEND only would drop it silently.
             let (ni, source, record) = try outgoing(&state, md: md, to: target, offset: offset, events: ackRequested ? 2 : 1,
                                                     needs: "a PUT with an ACK needs 2 (SEND and ACK)",
                                                     remedy: ", or pass ackRequested: false")
-            var wait: UInt64?
-            if timeout != nil {
+            var sweep: ContinuousClock.Instant?
+            if let timeout {
                 // Before the PUT goes: its ACK can come before its own completion.
-                let id = state.nextAckWait
-                state.nextAckWait += 1
-                state.ackWaits[md.cookie, default: []].append(AckWait(id: id, initiator: source, target: target, portal: portal,
-                                                                       matchBits: matchBits))
-                wait = id
+                let deadline = ContinuousClock.now + timeout
+                record.ackWaits.append(AckWait(initiator: source, target: target, portal: portal, matchBits: matchBits))
+                state.ackTracker.track(record, deadline: deadline)
+                if !state.ackTracker.sweepArmed {
+                    state.ackTracker.sweepArmed = true
+                    sweep = deadline
+                }
             }
             let header = LNetHeader(type: .put, source: source, destination: target, payloadLength: UInt32(record.length),
                                     portal: portal, matchBits: matchBits, offset: UInt64(offset), headerData: headerData,
@@ -359,53 +338,60 @@ public final class LNet: Sendable {
                                 payload: record.window(offset: 0, length: record.length), ni: ni,
                                 completion: .init(md: md, event: .send, initiator: source, target: target, offset: 0,
                                                   userHeaderData: headerData),
-                                requestedLength: record.length, matchedLength: record.length), wait)
+                                requestedLength: record.length, matchedLength: record.length), sweep)
         }
-        if let wait, let timeout { armAckTimeout(cookie: md.cookie, id: wait, after: timeout) }
+        if let sweep { armAckSweep(at: sweep) }
         perform(Effects(.send(message.ni, message)))
     }
 
-    /// The ACK of PUT `id` from the MD `cookie` is due within `timeout`: else the MD gets an ACK event with status
-    /// `.timeout` (and uses the threshold unit the ACK would have).
-    private func armAckTimeout(cookie: UInt64, id: UInt64, after timeout: Duration) {
-        let token = DeadlineTimer.shared.schedule(at: .now + timeout) { [weak self] in self?.ackTimedOut(cookie: cookie, id: id) }
-        let stale = state.withLock { state -> Bool in
-            guard let index = state.ackWaits[cookie]?.firstIndex(where: { $0.id == id }) else { return true }
-            state.ackWaits[cookie]?[index].token = token
-            return false
-        }
-        // The ACK (or the PUT's failure) came already.
-        if stale { _ = DeadlineTimer.shared.cancel(token) }
+    /// One timer entry at a time serves every ACK wait: at `deadline` (the oldest tracked MD's), the sweep.
+    private func armAckSweep(at deadline: ContinuousClock.Instant) {
+        _ = DeadlineTimer.shared.schedule(at: deadline) { [weak self] in self?.sweepAckWaits() }
     }
 
-    private func ackTimedOut(cookie: UInt64, id: UInt64) {
+    /// Ends the waits whose deadline passed: each gets an ACK event with status `.timeout` on its MD (and uses the
+    /// threshold unit the ACK would have); their ACKs, if they still come, are dropped. Re-arms for the next.
+    private func sweepAckWaits() {
         var effects = Effects()
-        state.withLock { state in
-            guard let wait = state.takeAckWait(cookie, id: id), let record = state.mds[cookie], record.isActive else { return }
-            state.ackTimeouts[cookie, default: 0] += 1
-            if let remaining = record.remaining { record.remaining = remaining - 1 }
-            let unlinked = record.isUnlinkable
-            if unlinked { state.remove(record) }
-            if let queue = record.eventQueue {
-                let event = LNetEvent(kind: .ack, status: .timeout, initiator: wait.initiator, target: wait.target, portal: wait.portal,
-                                      matchBits: wait.matchBits, requestedLength: 0, matchedLength: 0, offset: 0, headerData: 0,
-                                      hints: .none, md: record.handle, userInfo: record.userInfo, unlinked: unlinked)
-                if queue.post(event) { effects.inline.append((queue, event)) }
+        var expired = 0
+        let next = state.withLock { state -> ContinuousClock.Instant? in
+            let now = ContinuousClock.now
+            while let record = state.ackTracker.oldest, let deadline = record.ackDeadline, deadline <= now {
+                state.ackTracker.remove(record)
+                while let wait = record.ackWaits.popFirst() {
+                    guard state.mds[record.handle.cookie] === record, record.isActive else { continue }
+                    expired += 1
+                    record.lateAcks += 1
+                    if let remaining = record.remaining { record.remaining = remaining - 1 }
+                    let unlinked = record.isUnlinkable
+                    if unlinked { state.remove(record) }
+                    if let queue = record.eventQueue {
+                        let event = LNetEvent(kind: .ack, status: .timeout, initiator: wait.initiator, target: wait.target,
+                                              portal: wait.portal, matchBits: wait.matchBits, requestedLength: 0, matchedLength: 0,
+                                              offset: 0, headerData: 0, hints: .none, md: record.handle, userInfo: record.userInfo,
+                                              unlinked: unlinked)
+                        if queue.post(event) { effects.inline.append((queue, event)) }
+                    }
+                }
             }
+            let next = state.ackTracker.oldest?.ackDeadline
+            state.ackTracker.sweepArmed = next != nil
+            return next
         }
-        logger.warning("no ACK within the transaction timeout", metadata: ["md": "\(cookie)"])
+        if let next { armAckSweep(at: next) }
+        if expired > 0 { logger.warning("no ACK within the transaction timeout", metadata: ["puts": "\(expired)"]) }
         perform(effects)
     }
 
-    /// The ACK for the MD `cookie` came, or its PUT failed (no ACK will come): the oldest wait ends. False when the
-    /// ACK came after its timeout (its MD had the timeout event instead).
-    func endAckWait(_ state: inout State, cookie: UInt64) -> Bool {
-        if let wait = state.takeAckWait(cookie) {
-            if let token = wait.token { _ = DeadlineTimer.shared.cancel(token) }
+    /// The ACK for `record` came, or its PUT failed (no ACK will come): its oldest wait ends. False when the ACK
+    /// came after its timeout (its MD had the timeout event instead).
+    func endAckWait(_ state: inout State, record: MDRecord) -> Bool {
+        if record.ackWaits.popFirst() != nil {
+            if record.ackWaits.isEmpty { state.ackTracker.remove(record) }
             return true
         }
-        guard let late = state.ackTimeouts[cookie] else { return true }
-        state.ackTimeouts[cookie] = late > 1 ? late - 1 : nil
+        guard record.lateAcks > 0 else { return true }
+        record.lateAcks -= 1
         return false
     }
 
@@ -479,8 +465,9 @@ public final class LNet: Sendable {
         var effects = Effects()
         state.withLock { state in
             // A PUT that failed gets no ACK: its wait ends (its MD keeps the ACK's threshold unit, as before).
-            if !status.isOK, message.direction == .outgoing, message.type == .put, message.header.ackRequested, let handle = completion.md {
-                _ = endAckWait(&state, cookie: handle.cookie)
+            if !status.isOK, message.direction == .outgoing, message.type == .put, message.header.ackRequested,
+               let handle = completion.md, let record = state.mds[handle.cookie] {
+                _ = endAckWait(&state, record: record)
             }
             if let handle = completion.md, let record = state.mds[handle.cookie] {
                 record.pending -= 1

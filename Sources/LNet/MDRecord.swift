@@ -16,6 +16,15 @@ final class MDRecord {
     var zombie = false
     /// The match entry the MD hangs off, if any.
     var matchEntry: (portal: UInt32, handle: MEHandle, entry: MatchEntry)?
+    /// Its PUTs that wait for an ACK, and when the newest's wait ends (``AckTracker``).
+    var ackWaits = AckWaits()
+    var ackDeadline: ContinuousClock.Instant?
+    /// ACKs that timed out: one that still comes is dropped.
+    var lateAcks = 0
+    /// Its place in the ``AckTracker`` list.
+    var isAckTracked = false
+    var ackNewer: MDRecord?
+    unowned(unsafe) var ackOlder: MDRecord?
 
     init(handle: MDHandle, storage: MDStorage, descriptor: MemoryDescriptor, unlinkPolicy: LNetUnlinkPolicy) {
         self.handle = handle
