@@ -398,7 +398,8 @@ extension Connection {
         let checksum = context.tunables.checksum
         var reads = 0
         var writes = 0
-        while !chain.isFull, let work = state.queue.next(slot: { credit in pool.take(credit: credit, waiter: self) }) {
+        let now = Tick.coarse
+        while !chain.isFull, let work = state.queue.next(now: now, slot: { credit in pool.take(credit: credit, waiter: self) }) {
             switch work {
             case .send(let outgoing, let slot, let credits, let sequence, let fence):
                 let buffer = UnsafeMutableRawBufferPointer(rebasing: pool.buffer(slot)[0..<size])
@@ -408,7 +409,11 @@ extension Connection {
                 }
                 chain.appendSend(id: sequence, pool.sge(slot, length: length), fence: fence)
                 if case .noop = outgoing.body { context.counters.bump(.noops) }
-                if let cookie = outgoing.starts { state.transactions[cookie]?.requestPosted = true }
+                if let cookie = outgoing.starts, let transaction = state.transactions[cookie] {
+                    // Its deadline counts from now: while queued, the queue's own rule applied (SendQueue).
+                    transaction.requestPosted = true
+                    transaction.deadline = now + timeoutSeconds
+                }
             case .rdma(let step, let read, let sequence, let signaled):
                 chain.appendRDMA(id: sequence, read: read, remoteAddress: step.remoteAddress, rkey: step.rkey, local: step.local,
                                  signaled: signaled)
@@ -441,7 +446,7 @@ extension Connection {
             closeLocked(&state, reason: "posting failed: \(error)", status: .connectionClosed, &deferred)
             return
         }
-        state.lastSend = .coarse
+        state.lastSend = now
     }
 }
 

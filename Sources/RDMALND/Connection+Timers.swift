@@ -18,7 +18,8 @@ extension Connection {
             case .established:
                 break
             }
-            let expired = state.transactions.values.contains { $0.deadline < now }
+            // A transaction whose request waits in the send queue is the queue's to time out (SendQueue).
+            let expired = state.transactions.values.contains { ($0.requestPosted || !$0.initiated) && $0.deadline < now }
                 || state.queue.oldestQueuedDeadline.map { $0 < now } == true
             if expired {
                 context.counters.bump(.timeouts)

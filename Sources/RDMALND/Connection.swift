@@ -144,7 +144,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
             guard state.phase != .closed else { return false }
             state.resources = resources
             state.cmID = id
-            state.queue = SendQueue(queueDepth: depth, limits: .init(sends: sendLimit, rdma: rdmaBudget))
+            state.queue = SendQueue(queueDepth: depth, limits: .init(sends: sendLimit, rdma: rdmaBudget), timeoutSeconds: timeoutSeconds)
             state.receiveArmed = arm
             return true
         }
@@ -374,6 +374,27 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
 
     /// Why the connection closed, if it did.
     var closeReason: String? { state.withLock { $0.closeReason } }
+
+    /// The send side's inner state, for a test that reports a stall: credits, what is posted and whether the
+    /// completion queues are armed.
+    var sendState: String {
+        state.withLock { state in
+            let queue = state.queue
+            let credits = queue.credits
+            let posted = queue.posted.map { work -> String in
+                switch work.kind {
+                case .send(_, let action, _): "send(\(action))\(work.awaited ? "*" : "")"
+                case .rdma(let cookie, _, let read): "\(read ? "read" : "write")(\(cookie))\(work.awaited ? "*" : "")"
+                }
+            }
+            return "\(peer) \(role) \(state.phase): credits \(credits.available) available, \(credits.owed) owed, "
+                + "\(credits.transactions) transactions; noopInFlight \(queue.noopInFlight), awaits \(queue.awaitsCompletions); "
+                + "queued control \(queue.control.count) eager \(queue.eager.count) requests \(queue.requests.count) rdma \(queue.rdma.count); "
+                + "posted \(posted.prefix(8)) (\(queue.sendsPosted) sends); armed send \(state.sendArmed) receive \(state.receiveArmed); "
+                + "since receive \(Tick.coarse.duration(since: state.lastReceive)), since send \(Tick.coarse.duration(since: state.lastSend)); "
+                + "noops sent \(context.counters.value(.noops))"
+        }
+    }
 
     /// How many LNet messages this connection still holds (queued, in flight, or in a transaction).
     var pendingCount: Int {

@@ -14,7 +14,7 @@ final class LNDRuntime: @unchecked Sendable {
     private(set) var context: LNDContext!
     private var manager: ConnectionManager!
     private var schedulers: [Scheduler] = []
-    private let peers = Mutex<[NID: Connection]>([:])
+    let peers = Mutex<[NID: Connection]>([:])
     /// Connection attempts to each peer that failed in a row (reset when one is established).
     private let failedAttempts = Mutex<[NID: Int]>([:])
     private let stopping = Atomic<Bool>(false)

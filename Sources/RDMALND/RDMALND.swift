@@ -148,6 +148,11 @@ public final class RDMALND: LNetLND {
         runtime.withLock { $0?.connectionInfos ?? [] }
     }
 
+    /// Each connection's send state (``Connection/sendState``), for tests that report a stall.
+    var connectionSendStates: [String] {
+        runtime.withLock { runtime in runtime.map { $0.peers.withLock { Array($0.values) }.map(\.sendState) } ?? [] }
+    }
+
     /// The CPUs each scheduler thread may run on (read back from the kernel after it bound itself to its CPU
     /// partition), by scheduler index; empty before start-up.
     public var schedulerCPUs: [[Int]] {

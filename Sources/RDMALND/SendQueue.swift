@@ -104,10 +104,23 @@ struct SendQueue: Sendable {
     private var keepaliveDue = false
     private var arrivals: UInt64 = 0
     private var nextSequence: UInt64 = 1
+    /// The LND timeout in seconds (`LND_TIMEOUT`): how long a queue may stand still with messages waiting.
+    let timeoutSeconds: Int
+    /// When each queue last moved (posted its head): the new head's wait counts from then, not from when it was
+    /// queued, so a burst the link takes longer than the timeout to carry is not a timeout while it moves.
+    private var moved = Moved()
 
-    init(queueDepth: Int, limits: Limits) {
+    private struct Moved {
+        var control: Tick?
+        var eager: Tick?
+        var requests: Tick?
+        var rdma: Tick?
+    }
+
+    init(queueDepth: Int, limits: Limits, timeoutSeconds: Int = 0) {
         self.credits = Credits(queueDepth: queueDepth)
         self.limits = limits
+        self.timeoutSeconds = timeoutSeconds
     }
 
     /// Messages waiting to be posted (not RDMA steps).
@@ -121,9 +134,18 @@ struct SendQueue: Sendable {
     var awaitsCompletions: Bool { awaitedPosted > 0 || noopInFlight || (sendsPosted >= limits.sends && queuedCount > 0) }
     var isIdle: Bool { queuedCount == 0 && posted.isEmpty }
 
-    /// The earliest deadline of a message that has not been posted yet.
+    /// When the connection times out for what it has not posted yet: the earliest of each queue's head deadline,
+    /// where a head waits at most the timeout from when it was queued or from when its queue last moved,
+    /// whichever is later (o2iblnd counts from the queueing, but LNet there keeps a peer's messages beyond its
+    /// credits out of the LND; here the LND holds them all, so a long burst moving steadily must not expire).
     var oldestQueuedDeadline: Tick? {
-        [control.first?.deadline, eager.first?.outgoing.deadline, requests.first?.outgoing.deadline, rdma.first?.then?.deadline]
+        func due(_ head: Tick?, _ moved: Tick?) -> Tick? {
+            guard let head else { return nil }
+            guard let moved else { return head }
+            return max(head, moved + timeoutSeconds)
+        }
+        return [due(control.first?.deadline, moved.control), due(eager.first?.outgoing.deadline, moved.eager),
+                due(requests.first?.outgoing.deadline, moved.requests), due(rdma.first?.then?.deadline, moved.rdma)]
             .compactMap { $0 }.min()
     }
 
@@ -152,13 +174,14 @@ struct SendQueue: Sendable {
     /// The next piece of work to post, or nil when nothing may go now. `slot(credit)` hands out a transmit
     /// descriptor (taking an interface credit when `credit` is set), or nil when there is none (the caller then
     /// waits to be woken).
-    mutating func next(slot: (_ credit: Bool) -> Int?) -> Work? {
+    mutating func next(now: Tick = .coarse, slot: (_ credit: Bool) -> Int?) -> Work? {
         // Without a transmit descriptor no SEND can go this round, but RDMA steps (which need none) still may.
         var sendRoom = sendsPosted < limits.sends
         // 1. Control messages.
         if sendRoom, !control.isEmpty {
             if let index = slot(false) {
                 let outgoing = control.removeFirst()
+                moved.control = now
                 return postSend(outgoing, slot: index, credits: credits.takeOwed(), fence: false)
             }
             sendRoom = false
@@ -167,10 +190,14 @@ struct SendQueue: Sendable {
         while let job = rdma.first, job.next == job.steps.count, job.then == nil { rdma.removeFirst() }
         if let job = rdma.first {
             if job.next < job.steps.count {
-                if rdmaPosted < limits.rdma { return postStep() }
+                if rdmaPosted < limits.rdma {
+                    moved.rdma = now
+                    return postStep()
+                }
             } else if sendRoom, let then = job.then {
                 if let index = slot(false) {
                     rdma.removeFirst()
+                    moved.rdma = now
                     return postSend(then, slot: index, credits: credits.takeOwed(), fence: false)
                 }
                 sendRoom = false
@@ -190,7 +217,12 @@ struct SendQueue: Sendable {
                 let holdsCredit = takeRequest ? requests[0].outgoing.holdsCredit : eager[0].outgoing.holdsCredit
                 if let index = slot(holdsCredit) {
                     let outgoing = takeRequest ? requests.removeFirst().outgoing : eager.removeFirst().outgoing
-                    if takeRequest { credits.startTransaction() }
+                    if takeRequest {
+                        credits.startTransaction()
+                        moved.requests = now
+                    } else {
+                        moved.eager = now
+                    }
                     return postSend(outgoing, slot: index, credits: credits.takeCredited(), fence: false)
                 }
                 // No descriptor, or no interface credit: a NOOP (which needs no credit) may still go.

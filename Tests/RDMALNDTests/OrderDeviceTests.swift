@@ -31,9 +31,21 @@ import Testing
             try client.lnet.put(md, to: server.id, portal: 80, matchBits: 1, ackRequested: false, headerData: UInt64(sequence))
         }
         let deadline = ContinuousClock.now + .seconds(120)
-        while seen.withLock({ $0.total }) < count && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        // A stall (no PUT arrives for 3 s, before the LND's 10 s timeout closes the connection) is reported with
+        // both sides' send state, taken while it lasts.
+        var lastProgress = (total: 0, at: ContinuousClock.now)
+        var stall: [String] = []
+        while seen.withLock({ $0.total }) < count && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+            let total = seen.withLock { $0.total }
+            if total != lastProgress.total {
+                lastProgress = (total, ContinuousClock.now)
+            } else if stall.isEmpty, ContinuousClock.now - lastProgress.at > .seconds(3) {
+                stall = ["at \(total): server"] + server.lnd.connectionSendStates + ["client"] + client.lnd.connectionSendStates
+            }
+        }
         let result = seen.withLock { $0 }
-        #expect(result.total == count, "\(result.total) of \(count) PUTs arrived")
+        #expect(result.total == count, "\(result.total) of \(count) PUTs arrived; stalled: \(stall.joined(separator: " | "))")
         #expect(result.outOfOrder == 0, "\(result.outOfOrder) PUTs arrived out of order")
     }
 

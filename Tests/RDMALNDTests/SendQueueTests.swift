@@ -1,3 +1,4 @@
+import LNet
 import Testing
 @testable import RDMALND
 
@@ -28,5 +29,27 @@ import Testing
             Issue.record("expected the second NOOP, got \(next)")
             return
         }
+    }
+
+    /// A burst longer than the link carries within the timeout is not a timeout while its queue moves: a queued
+    /// message's wait counts from when its queue last moved. A queue that stands still for the timeout expires.
+    @Test func aMovingQueueDoesNotExpireAStandingOneDoes() throws {
+        let timeout = 10
+        let start = Tick(nanoseconds: 1_000_000_000_000)
+        var eager = SendQueue(queueDepth: 2, limits: .init(sends: 16, rdma: 16), timeoutSeconds: timeout)
+        for _ in 0..<6 { eager.enqueue(Outgoing(body: .immediate(lnet: LNetHeader(type: .put, source: ProcessID(nid: .loopback, pid: 1), destination: ProcessID(nid: .loopback, pid: 1)), payloadOffset: 0, payloadLength: 0), deadline: start + timeout)) }
+        #expect(eager.oldestQueuedDeadline == start + timeout)
+        var slots = 0
+        // Two go (two credits); the rest wait for credits.
+        for _ in 0..<2 { #expect(eager.next(now: start, slot: { _ in slots += 1; return slots }) != nil) }
+        #expect(eager.next(now: start, slot: { _ in slots += 1; return slots }) == nil)
+        // Credits come back at 9 s: the queue moves, and its new head's wait counts from then.
+        let later = start + 9
+        _ = eager.credits.received(credits: 2)
+        for _ in 0..<2 { #expect(eager.next(now: later, slot: { _ in slots += 1; return slots }) != nil) }
+        #expect(eager.oldestQueuedDeadline == later + timeout, "a queue that moved at 9 s is due 10 s later")
+        // Nothing moves after that: due at 19 s, past the first messages' own deadline.
+        #expect(eager.oldestQueuedDeadline.map { $0 < start + 20 } == true)
+        #expect(eager.oldestQueuedDeadline.map { $0 > start + timeout } == true)
     }
 }
