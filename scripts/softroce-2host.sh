@@ -89,104 +89,28 @@ set -euo pipefail
 shopt -s nullglob
 
 readonly RECIPE_VERSION=1
-readonly PACKAGES=(qemu-system-x86 busybox-static kmod cpio iproute2 rdma-core ibverbs-providers ibverbs-utils
-    rdmacm-utils perftest libibverbs-dev librdmacm-dev)
 # Modules loaded in each VM (with their dependencies, in modprobe's order). crc32_generic must precede rdma_rxe;
 # virtio_net pulls failover and net_failover; sch_netem is for fault injection.
 readonly MODULES=(virtio_pci virtio_net virtio_console 9pnet_virtio 9p overlay crc32_generic rdma_rxe ib_uverbs
     rdma_ucm sch_netem)
-
-log() { printf 'softroce-2host: %s\n' "$*" >&2; }
-die() { log "$*"; exit 125; }
-
-usage() {
-    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
-}
-
-# Single-quote a string for POSIX sh.
-squote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+PROG=softroce-2host
+# log, die, usage, squote (scripts/common.sh); the packages, the cache, both guest stages, the per-VM folder, QEMU.
+. "$(dirname "${BASH_SOURCE[0]}")/softroce-lib.sh"
 
 # ---------------------------------------------------------------------------------------------------------------
-# Guest stage 1 (the initramfs /init): stage1_init in scripts/softroce-lib.sh.
-
-# Guest stage 2: sourced by stage 1 (busybox sh, PID 1); written per run, not cached. Sets up the host root at
-# /newroot, eth0 and rxe0, waits for the "go" mark, then runs COMMAND (run.sh) and the fault agent through chroot
-# and powers off.
-stage2_script() {
-    cat <<'EOF2'
-# softroce-2host stage 2
-N=/newroot
-R=$N/run/softroce-vm
-HOSTPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-O9P=trans=virtio,version=9p2000.L,msize=512000
-ERRFD=''
-finish() {
-    sync
-    poweroff -f
-    echo o >/proc/sysrq-trigger
-    sleep 60
-}
-fail() {
-    echo "softroce-2host: $*"
-    [ -n "$ERRFD" ] && echo "softroce-2host: $*" >&8
-    printf '%s\n' "$*" >"$R/error"
-    finish
-}
-# A program of the host root, by absolute path (busybox's chroot would prefer its own applet of the same name).
-host() {
-    for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
-        if [ -x "$N$d/$1" ]; then
-            c=$1
-            shift
-            env -i PATH="$HOSTPATH" /bin/chroot "$N" "$d/$c" "$@"
-            return
-        fi
-    done
-    echo "softroce-2host: $1 not found in the host root"
-    return 127
-}
-. "$R/vm.sh" || fail "cannot read $R/vm.sh"
-
-# The repository, read-write; the folder shared by both VMs; the usual file systems.
-mkdir -p "$N$SVM_REPO" && mount -t 9p -o "$O9P,cache=mmap" repo "$N$SVM_REPO" \
-    || fail "mount of the repository (9p) failed"
+# The guest: stage 1 (the initramfs /init) is stage1_init, stage 2 stage2_script in scripts/softroce-lib.sh; here
+# its hooks: the shared folder, eth0 (rxe0 is ready once GID 1 is the IPv4-mapped one), waiting for the "go" mark,
+# and the fault agent beside COMMAND.
+readonly RXE_NETDEV=eth0 RXE_GIDS=1 RXE_GIDS_NEEDED=1 RXE_GIDS_WHAT='an IPv4 GID at index 1'
+stage2_mounts() {
+    cat <<'EOF'
+# The folder shared by both VMs.
 mkdir -p "$N/run/softroce-2host" && mount -t 9p -o "$O9P,cache=none" shared "$N/run/softroce-2host" \
     || fail "mount of the shared folder (9p) failed"
-mount -t proc proc "$N/proc" || fail "mount /proc"
-mount -t sysfs sysfs "$N/sys" || fail "mount /sys"
-mount -t devtmpfs devtmpfs "$N/dev" || fail "mount /dev"
-mkdir -p "$N/dev/pts" "$N/dev/shm"
-mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts "$N/dev/pts" || fail "mount /dev/pts"
-mount -t tmpfs -o mode=1777 tmpfs "$N/dev/shm" || fail "mount /dev/shm"
-[ -e "$N/dev/fd" ] || ln -s /proc/self/fd "$N/dev/fd"
-[ -e "$N/dev/stdin" ] || ln -s /proc/self/fd/0 "$N/dev/stdin"
-[ -e "$N/dev/stdout" ] || ln -s /proc/self/fd/1 "$N/dev/stdout"
-[ -e "$N/dev/stderr" ] || ln -s /proc/self/fd/2 "$N/dev/stderr"
-if [ "$SVM_TMPFS_TMP" = 1 ]; then
-    mount -t tmpfs -o mode=1777 tmpfs "$N/tmp" || fail "mount /tmp"
-fi
-hostname "$SVM_NAME"
-
-# The two virtio-serial ports that carry COMMAND's stdout and stderr to the host.
-port() {
-    for f in /sys/class/virtio-ports/*/name; do
-        [ -r "$f" ] && read -r pn <"$f" && [ "$pn" = "$1" ] && { d=${f%/name}; echo "/dev/${d##*/}"; return 0; }
-    done
-    return 1
+EOF
 }
-n=0
-until OUTPORT=$(port softroce.stdout) && ERRPORT=$(port softroce.stderr) && [ -c "$OUTPORT" ] && [ -c "$ERRPORT" ]
-do
-    n=$((n + 1)); [ $n -gt 300 ] && fail "virtio-serial ports did not appear"
-    sleep 0.1
-done
-exec 7>"$OUTPORT" 8>"$ERRPORT" || fail "cannot open $OUTPORT / $ERRPORT"
-ERRFD=8
-mark "file systems mounted"
-
-ulimit -l unlimited || fail "ulimit -l unlimited"
-[ -n "$SVM_NOFILE" ] && ulimit -n "$SVM_NOFILE" 2>/dev/null
-
+stage2_network() {
+    cat <<'EOF'
 # Network: loopback; eth0 (the only NIC: the link to the other VM) with this host's address; rxe0 on eth0.
 ip link set lo up || fail "ip link set lo up"
 n=0
@@ -196,34 +120,10 @@ until [ -e /sys/class/net/eth0 ]; do
 done
 ip addr add "$SVM_ADDR/24" dev eth0 || fail "ip addr add $SVM_ADDR/24 dev eth0"
 ip link set eth0 up || fail "ip link set eth0 up"
-host rdma link add rxe0 type rxe netdev eth0 || fail "rdma link add rxe0 type rxe netdev eth0 failed"
-P=/sys/class/infiniband/rxe0/ports/1
-n=0
-while :; do
-    g=''
-    read -r g <"$P/gids/1" 2>/dev/null
-    st=''
-    read -r st <"$P/state" 2>/dev/null
-    case $st in *ACTIVE*)
-        case $g in 0000:0000:0000:0000:0000:ffff:*)
-            [ -c /dev/infiniband/uverbs0 ] && [ -c /dev/infiniband/rdma_cm ] && break ;;
-        esac ;;
-    esac
-    n=$((n + 1))
-    [ $n -gt $((SVM_RXE_TIMEOUT * 10)) ] &&
-        fail "rxe0 port 1 not ACTIVE with an IPv4 GID at index 1 after $SVM_RXE_TIMEOUT s (state: $st, GID 1: $g)"
-    sleep 0.1
-done
-mark "rxe0 active"
-cat /proc/uptime >"$R/ready"
-
-# COMMAND writes into FIFOs relayed by cat to the ports, so that it may reopen /dev/stdout or /dev/stderr
-# (a virtio-serial port can be open only once); the fault agent writes there too.
-mkdir -p /dev/softroce-vm && mkfifo /dev/softroce-vm/out /dev/softroce-vm/err || fail "mkfifo"
-cat /dev/softroce-vm/out >&7 8>&- &
-RO=$!
-cat /dev/softroce-vm/err >&8 7>&- &
-RE=$!
+EOF
+}
+stage2_start() {
+    cat <<'EOF'
 
 # Both VMs start their commands when the host says "go" (once both are ready).
 until [ -e "$R/go" ]; do sleep 0.05; done
@@ -244,54 +144,28 @@ agent() {
 }
 agent >/dev/softroce-vm/out 2>/dev/softroce-vm/err 7>&- 8>&- &
 AGENT=$!
-# (In the background, so that the shell reports no "Killed" when COMMAND dies of a signal.)
-env -i /bin/chroot "$N" /bin/sh /run/softroce-vm/run.sh >/dev/softroce-vm/out 2>/dev/softroce-vm/err 7>&- 8>&- &
-wait $!
-status=$?
-mark "command exited with status $status"
-kill $AGENT 2>/dev/null
-# Background processes that COMMAND or a fault left behind may still hold the FIFOs: give the relays 2 s to drain.
-(sleep 2; kill $RO $RE 2>/dev/null) 7>&- 8>&- &
-W=$!
-wait $RO $RE
-kill $W 2>/dev/null
-[ -f "$R/error" ] && fail "$(cat "$R/error")"
-sync
-echo "$status" >"$R/status.tmp" && mv "$R/status.tmp" "$R/status"
-finish
-EOF2
+EOF
 }
-
-# Run by the host's /bin/sh in the host root (chroot), with an empty environment: the caller's environment, the
-# caller's working directory, then COMMAND through /bin/sh -c.
-run_script() {
-    cat <<'EOF2'
-. /run/softroce-vm/env.sh || exit 125
-. /run/softroce-vm/args.sh || exit 125
-if ! cd "$SVM_CWD"; then
-    echo "cannot change to $SVM_CWD inside the VM" >/run/softroce-vm/error
-    exit 125
-fi
-unset SVM_CWD
-exec /bin/sh -c "$SVM_CMD"
-EOF2
+stage2_end() {
+    echo 'kill $AGENT 2>/dev/null'
+}
+# The end of run.sh: COMMAND (args.sh: SVM_CMD) through /bin/sh -c.
+run_command() {
+    # shellcheck disable=SC2016  # guest text
+    echo 'exec /bin/sh -c "$SVM_CMD"'
 }
 
 # Runs one fault command file ($1) like COMMAND: same environment and working directory.
 fault_script() {
-    cat <<'EOF2'
+    cat <<'EOF'
 . /run/softroce-vm/env.sh || exit 125
 . /run/softroce-vm/args.sh || exit 125
 unset SVM_CMD
 cd "$SVM_CWD" || exit 125
 unset SVM_CWD
 exec /bin/sh "$1"
-EOF2
+EOF
 }
-# ---------------------------------------------------------------------------------------------------------------
-# Host side.
-
-. "$(dirname "${BASH_SOURCE[0]}")/softroce-lib.sh"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Fault-script helpers: exported into the --faults script's bash. They use F_RUN (the per-run folder), F_T0 (time
@@ -348,106 +222,39 @@ cleanup() {
         kill_pid "$pid"
     done
     QEMU=() TAILS=() TIMER_PID='' FAULT_PID='' GRACE_PID=''
-    if [[ -n $RUN ]]; then
-        if [[ ${SOFTROCE_2HOST_KEEP:-0} == 1 ]]; then
-            log "run folder kept: $RUN"
-        else
-            rm -rf "$RUN"
-        fi
-        RUN=
-    fi
-    [[ -n $BUILD_TMP ]] && rm -rf "$BUILD_TMP"
-    BUILD_TMP=
-    return 0
-}
-# shellcheck disable=SC2317  # invoked from traps
-on_signal() {
-    trap - INT TERM HUP
-    log "interrupted ($1); stopping the VMs"
-    cleanup
-    case $1 in INT) exit 130 ;; HUP) exit 129 ;; *) exit 143 ;; esac
-}
-
-show_console_tail() {   # show_console_tail A|B
-    local d=$RUN/$1
-    if [[ -s $d/console.log ]]; then
-        log "last lines of host $1's console:"
-        tail -n 30 "$d/console.log" | tr -d '\r' | sed "s/^/softroce-2host: $1| /" >&2
-    fi
-    if [[ -s $d/qemu.log ]]; then
-        log "host $1's QEMU said:"
-        tail -n 20 "$d/qemu.log" | sed "s/^/softroce-2host: $1| /" >&2
-    fi
+    remove_run_folder "${SOFTROCE_2HOST_KEEP:-0}"
 }
 
 # prepare_host A|B ADDR: the per-VM folder.
+ENV_OWN=(SOFTROCE_2HOST_HOST SOFTROCE_2HOST_ADDR SOFTROCE_2HOST_PEER SOFTROCE_2HOST_SHARED)
 prepare_host() {
-    local h=$1 addr=$2 d=$RUN/$1 name
+    local h=$1 addr=$2 d=$RUN/$1 peer=$ADDR_A
+    [[ $h == A ]] && peer=$ADDR_B
     mkdir -p "$d/faults"
     chmod 755 "$d" "$d/faults"
+    vm_folder "$d" "SVM_ADDR=$addr" "SVM_NAME=host-${h,}"
     {
-        printf 'SVM_REPO=%s\n' "$(squote "$REPO")"
-        printf 'SVM_TMPFS_TMP=%s\n' "$TMPFS_TMP"
-        printf 'SVM_RXE_TIMEOUT=%s\n' "$RXE_TIMEOUT"
-        printf 'SVM_NOFILE=%s\n' "$(ulimit -n)"
-        printf 'SVM_ADDR=%s\n' "$addr"
-        printf 'SVM_NAME=host-%s\n' "${h,}"
-    } >"$d/vm.sh"
+        printf 'export SOFTROCE_2HOST_HOST=%s\n' "$h"
+        printf 'export SOFTROCE_2HOST_ADDR=%s\n' "$addr"
+        printf 'export SOFTROCE_2HOST_PEER=%s\n' "$peer"
+        printf 'export SOFTROCE_2HOST_SHARED=/run/softroce-2host\n'
+    } >>"$d/env.sh"
     {
         printf 'SVM_CWD=%s\n' "$(squote "$PWD")"
         printf 'SVM_CMD=%s\n' "$(squote "${CMD[$h]}")"
     } >"$d/args.sh"
-    {
-        for name in PATH HOME TERM; do
-            [[ -v $name ]] && printf 'export %s=%s\n' "$name" "$(squote "${!name}")"
-        done
-        while IFS= read -r name; do
-            case $name in
-                SOFTROCE_2HOST_HOST | SOFTROCE_2HOST_ADDR | SOFTROCE_2HOST_PEER | SOFTROCE_2HOST_SHARED) ;;
-                LND_* | LNET_* | SWIFT_* | RDMA_* | SOFTROCE_*)
-                    printf 'export %s=%s\n' "$name" "$(squote "${!name}")" ;;
-            esac
-        done < <(compgen -e)
-        printf 'export SOFTROCE_VM=1\n'
-        printf 'export SOFTROCE_2HOST_HOST=%s\n' "$h"
-        printf 'export SOFTROCE_2HOST_ADDR=%s\n' "$addr"
-        if [[ $h == A ]]; then
-            printf 'export SOFTROCE_2HOST_PEER=%s\n' "$ADDR_B"
-        else
-            printf 'export SOFTROCE_2HOST_PEER=%s\n' "$ADDR_A"
-        fi
-        printf 'export SOFTROCE_2HOST_SHARED=/run/softroce-2host\n'
-    } >"$d/env.sh"
-    stage2_script >"$d/stage2.sh"
-    run_script >"$d/run.sh"
     fault_script >"$d/fault.sh"
-    : >"$d/stdout"
-    : >"$d/stderr"
-    : >"$d/console.log"
 }
 
 # start_host A|B: launches the VM's QEMU and the prefixing relays of its output.
 start_host() {
     local h=$1 d=$RUN/$1 mac server
-    local r9=security_model=none,multidevs=remap
     if [[ $h == A ]]; then mac=52:54:00:12:34:01 server=on; else mac=52:54:00:12:34:02 server=off; fi
-    local qemu=(qemu-system-x86_64 -name "softroce-2host-$h" -accel tcg -cpu "$(guest_cpu)" -machine pc -smp 1 -m "$MEM"
-        -nodefaults -no-user-config -display none -no-reboot -monitor none
-        -serial "file:$(qesc "$d/console.log")"
-        -kernel "$(qesc "$KERNEL_IMAGE")" -initrd "$(qesc "$INITRD")"
-        -append "$(guest_append)"
-        -netdev "stream,id=n0,server=$server,addr.type=unix,addr.path=$(qesc "$SOCK")"
-        -device "virtio-net-pci,netdev=n0,mac=$mac"
-        -virtfs "local,path=/,mount_tag=hostroot,readonly=on,$r9"
-        -virtfs "local,path=$(qesc "$REPO"),mount_tag=repo,$r9"
-        -virtfs "local,path=$(qesc "$d"),mount_tag=svmrun,$r9"
-        -virtfs "local,path=$(qesc "$RUN/shared"),mount_tag=shared,$r9"
-        -device "virtio-serial-pci,id=vser"
-        -chardev "file,id=svmout,append=on,path=$(qesc "$d/stdout")"
-        -device "virtserialport,bus=vser.0,chardev=svmout,name=softroce.stdout"
-        -chardev "file,id=svmerr,append=on,path=$(qesc "$d/stderr")"
-        -device "virtserialport,bus=vser.0,chardev=svmerr,name=softroce.stderr")
-    "${qemu[@]}" </dev/null >"$d/qemu.log" 2>&1 &
+    qemu_command "softroce-2host-$h" 1 "$MEM" "$d" \
+        -netdev "stream,id=n0,server=$server,addr.type=unix,addr.path=$(qesc "$SOCK")" \
+        -device "virtio-net-pci,netdev=n0,mac=$mac" \
+        -virtfs "local,path=$(qesc "$RUN/shared"),mount_tag=shared,$QEMU_9P"
+    "${QEMU_CMD[@]}" </dev/null >"$d/qemu.log" 2>&1 &
     QEMU[$h]=$!
     # The relays end on their own once QEMU is gone, after a last read.
     tail -n +1 -s 0.2 --pid="${QEMU[$h]}" -f "$d/stdout" | sed -u "s/^/[$h] /" &
@@ -477,19 +284,25 @@ describe_failure() {
         return
     fi
     [[ -f $d/status ]] && return
-    if [[ -f $d/error ]]; then
-        log "host $h: VM setup failed: $(<"$d/error")"
-    elif grep -q 'Kernel panic' "$d/console.log" 2>/dev/null; then
-        log "host $h: the VM crashed (kernel panic) before COMMAND finished"
-    elif [[ -f $d/ready ]]; then
-        log "host $h: the VM stopped before COMMAND finished (VM crash?)"
-    else
-        log "host $h: the VM did not come up"
-    fi
-    show_console_tail "$h"
+    report_vm_failure "$d" "host $h: "
+    show_console_tail "$d" 30 "$h"
 }
 
 declare -A CMD=() STOPPED=() STATUS=() T_END=()
+# stop_hosts WHY [MESSAGE]: stops the VMs still running (MESSAGE: logged for each, after "host H "); their status
+# will be 124, and WHY the reason given.
+stop_hosts() {
+    local h
+    for h in A B; do
+        if [[ -n ${QEMU[$h]:-} ]]; then
+            [[ -n ${2:-} ]] && log "host $h $2"
+            STOPPED[$h]=$1
+            kill_pid "${QEMU[$h]}"
+            QEMU[$h]=''
+            T_END[$h]=$(date +%s.%N)
+        fi
+    done
+}
 run_hosts() {
     local timeout=${SOFTROCE_2HOST_TIMEOUT:-900} grace=${SOFTROCE_2HOST_GRACE:-30}
     local fwait=${SOFTROCE_2HOST_FAULT_TIMEOUT:-60}
@@ -507,8 +320,7 @@ run_hosts() {
     chmod 1777 "$RUN/shared"
     SOCK=$RUN/link.sock
     ((${#SOCK} < 100)) || die "socket path too long: $SOCK (set TMPDIR to a shorter folder)"
-    TMPFS_TMP=1
-    [[ $REPO == /tmp || $REPO == /tmp/* || $PWD == /tmp || $PWD == /tmp/* ]] && TMPFS_TMP=0
+    set_tmpfs_tmp
     prepare_host A "$ADDR_A"
     prepare_host B "$ADDR_B"
 
@@ -525,7 +337,7 @@ run_hosts() {
     done
     if [[ ! -S $SOCK ]]; then
         log "host A's QEMU did not create the link socket"
-        show_console_tail A
+        show_console_tail "$RUN/A" 30 A
         return 125
     fi
     start_host B
@@ -577,14 +389,7 @@ run_hosts() {
         if [[ $done_pid == "$TIMER_PID" ]]; then
             TIMER_PID=
             log "timed out after $timeout s (SOFTROCE_2HOST_TIMEOUT); stopping the VMs"
-            for h in A B; do
-                if [[ -n ${QEMU[$h]:-} ]]; then
-                    STOPPED[$h]="stopped: timeout (SOFTROCE_2HOST_TIMEOUT=$timeout)"
-                    kill_pid "${QEMU[$h]}"
-                    QEMU[$h]=''
-                    T_END[$h]=$(date +%s.%N)
-                fi
-            done
+            stop_hosts "stopped: timeout (SOFTROCE_2HOST_TIMEOUT=$timeout)"
             TIMED_OUT=1
             break
         elif [[ -n $FAULT_PID && $done_pid == "$FAULT_PID" ]]; then
@@ -592,15 +397,8 @@ run_hosts() {
             fault_rc=$rc
         elif [[ -n $GRACE_PID && $done_pid == "$GRACE_PID" ]]; then
             GRACE_PID=
-            for h in A B; do
-                if [[ -n ${QEMU[$h]:-} ]]; then
-                    log "host $h still running $grace s after the other host's command failed (SOFTROCE_2HOST_GRACE); stopping it"
-                    STOPPED[$h]="stopped: still running $grace s after the other host failed"
-                    kill_pid "${QEMU[$h]}"
-                    QEMU[$h]=''
-                    T_END[$h]=$(date +%s.%N)
-                fi
-            done
+            stop_hosts "stopped: still running $grace s after the other host failed" \
+                "still running $grace s after the other host's command failed (SOFTROCE_2HOST_GRACE); stopping it"
         else
             for h in A B; do
                 if [[ -n ${QEMU[$h]:-} && $done_pid == "${QEMU[$h]}" ]]; then
@@ -668,29 +466,20 @@ main() {
     local have_a=0 have_b=0
     while (($# > 0)); do
         case $1 in
-            --a) (($# >= 2)) || { usage >&2; exit 2; }; CMD[A]=$2; have_a=1; shift 2 ;;
-            --b) (($# >= 2)) || { usage >&2; exit 2; }; CMD[B]=$2; have_b=1; shift 2 ;;
-            --faults) (($# >= 2)) || { usage >&2; exit 2; }; FAULTS=$2; shift 2 ;;
+            --a) (($# >= 2)) || bad_usage; CMD[A]=$2; have_a=1; shift 2 ;;
+            --b) (($# >= 2)) || bad_usage; CMD[B]=$2; have_b=1; shift 2 ;;
+            --faults) (($# >= 2)) || bad_usage; FAULTS=$2; shift 2 ;;
             --a=*) CMD[A]=${1#--a=}; have_a=1; shift ;;
             --b=*) CMD[B]=${1#--b=}; have_b=1; shift ;;
             --faults=*) FAULTS=${1#--faults=}; shift ;;
             -h | --help) usage; exit 0 ;;
-            *) log "unknown argument: $1"; usage >&2; exit 2 ;;
+            *) bad_usage "unknown argument: $1" ;;
         esac
     done
-    ((have_a && have_b)) || { log "both --a and --b are needed"; usage >&2; exit 2; }
+    ((have_a && have_b)) || bad_usage "both --a and --b are needed"
 
-    REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
-    CACHE=$REPO/.softroce
-    CACHE_PREFIX=2host
     ADDR_A=192.0.2.1 ADDR_B=192.0.2.2
-    trap cleanup EXIT
-    trap 'on_signal INT' INT
-    trap 'on_signal TERM' TERM
-    trap 'on_signal HUP' HUP
-
-    ensure_packages
-    ensure_cache
+    start_harness 2host 'the VMs'
     local rc=0
     run_hosts || rc=$?
     exit "$rc"

@@ -1,11 +1,19 @@
-# softroce-lib.sh - the host side that scripts/softroce-vm.sh and scripts/softroce-2host.sh share (sourced, not run):
-# installing the packages, the cached kernel and initramfs (download, PVH vmlinux extraction, module closure,
-# busybox initramfs), QEMU option quoting and stopping child processes.
+# softroce-lib.sh - what scripts/softroce-vm.sh and scripts/softroce-2host.sh share (sourced, not run): installing
+# the packages, the cached kernel and initramfs (download, PVH vmlinux extraction, module closure, busybox
+# initramfs), both guest stages, the per-VM run folder, the QEMU command line, stopping child processes, and the
+# reports when a VM fails. It sources scripts/common.sh (log, die, usage, squote).
 #
-# The sourcing script defines log, die, RECIPE_VERSION, PACKAGES and MODULES before sourcing, and CACHE (the cache
-# folder) and CACHE_PREFIX (its entries' prefix: each script keeps its own builds) before ensure_cache. Both
-# scripts' guests boot the same stage 1 (below); their stage 2 scripts differ.
+# The sourcing script sets PROG (its message prefix, also the guest's), RECIPE_VERSION and MODULES before
+# sourcing, and defines the stage 2 hooks and settings (see stage2_script) and cleanup (see install_traps). Both
+# scripts' guests boot the same stage 1 and the same stage 2 but for the hooks.
 # shellcheck shell=bash disable=SC2034
+
+DIE_STATUS=125
+# shellcheck source=scripts/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+readonly PACKAGES=(qemu-system-x86 busybox-static kmod cpio iproute2 rdma-core ibverbs-providers ibverbs-utils
+    rdmacm-utils perftest libibverbs-dev librdmacm-dev)
 
 # Guest stage 1: /init of the initramfs (busybox sh, PID 1). Part of the cached recipe (its text is hashed into the
 # cache stamp). It loads the modules, mounts the host's root (9p, read-only) under a tmpfs overlay at /newroot and
@@ -43,6 +51,165 @@ mark "root mounted"
 . /newroot/run/softroce-vm/stage2.sh
 die "stage 2 returned"
 EOF
+}
+
+# Guest stage 2: sourced by stage 1 (busybox sh, PID 1); written per run, not cached. Sets up the host root at
+# /newroot (file systems, the repository), the network and rxe0, then runs COMMAND there through chroot (run.sh, by
+# the host's /bin/sh) and powers off. The sourcing script's part, as hooks that print guest sh text:
+#   stage2_mounts   further 9p mounts (2host: the folder shared by both VMs)
+#   stage2_network  the network, up to the net device that rxe0 goes on (RXE_NETDEV)
+#   stage2_start    once rxe0 is ready, before COMMAND starts (2host: wait for "go", start the fault agent)
+#   stage2_end      once COMMAND has ended (2host: stop the fault agent)
+# and the settings: RXE_NETDEV; RXE_GIDS, the GID indexes to look at, of which RXE_GIDS_NEEDED must be IPv4-mapped
+# before rxe0 counts as ready (RXE_GIDS_WHAT says so in the error).
+stage2_script() {
+    printf '# %s stage 2\n' "$PROG"
+    printf 'SVM_PROG=%s SVM_NETDEV=%s SVM_GIDS=%s SVM_GIDS_NEEDED=%s SVM_GIDS_WHAT=%s\n' "$(squote "$PROG")" \
+        "$(squote "$RXE_NETDEV")" "$(squote "$RXE_GIDS")" "$RXE_GIDS_NEEDED" "$(squote "$RXE_GIDS_WHAT")"
+    cat <<'EOF'
+N=/newroot
+R=$N/run/softroce-vm
+HOSTPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+O9P=trans=virtio,version=9p2000.L,msize=512000
+ERRFD=''
+finish() {
+    sync
+    poweroff -f
+    echo o >/proc/sysrq-trigger
+    sleep 60
+}
+fail() {
+    echo "$SVM_PROG: $*"
+    [ -n "$ERRFD" ] && echo "$SVM_PROG: $*" >&8
+    printf '%s\n' "$*" >"$R/error"
+    finish
+}
+# A program of the host root, by absolute path (busybox's chroot would prefer its own applet of the same name).
+host() {
+    for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
+        if [ -x "$N$d/$1" ]; then
+            c=$1
+            shift
+            env -i PATH="$HOSTPATH" /bin/chroot "$N" "$d/$c" "$@"
+            return
+        fi
+    done
+    echo "$SVM_PROG: $1 not found in the host root"
+    return 127
+}
+. "$R/vm.sh" || fail "cannot read $R/vm.sh"
+
+# The repository, read-write; the usual file systems.
+mkdir -p "$N$SVM_REPO" && mount -t 9p -o "$O9P,cache=mmap" repo "$N$SVM_REPO" \
+    || fail "mount of the repository (9p) failed"
+EOF
+    stage2_mounts
+    cat <<'EOF'
+mount -t proc proc "$N/proc" || fail "mount /proc"
+mount -t sysfs sysfs "$N/sys" || fail "mount /sys"
+mount -t devtmpfs devtmpfs "$N/dev" || fail "mount /dev"
+mkdir -p "$N/dev/pts" "$N/dev/shm"
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts "$N/dev/pts" || fail "mount /dev/pts"
+mount -t tmpfs -o mode=1777 tmpfs "$N/dev/shm" || fail "mount /dev/shm"
+[ -e "$N/dev/fd" ] || ln -s /proc/self/fd "$N/dev/fd"
+[ -e "$N/dev/stdin" ] || ln -s /proc/self/fd/0 "$N/dev/stdin"
+[ -e "$N/dev/stdout" ] || ln -s /proc/self/fd/1 "$N/dev/stdout"
+[ -e "$N/dev/stderr" ] || ln -s /proc/self/fd/2 "$N/dev/stderr"
+if [ "$SVM_TMPFS_TMP" = 1 ]; then
+    mount -t tmpfs -o mode=1777 tmpfs "$N/tmp" || fail "mount /tmp"
+fi
+hostname "$SVM_NAME"
+
+# The two virtio-serial ports that carry COMMAND's stdout and stderr to the host.
+port() {
+    for f in /sys/class/virtio-ports/*/name; do
+        [ -r "$f" ] && read -r pn <"$f" && [ "$pn" = "$1" ] && { d=${f%/name}; echo "/dev/${d##*/}"; return 0; }
+    done
+    return 1
+}
+n=0
+until OUTPORT=$(port softroce.stdout) && ERRPORT=$(port softroce.stderr) && [ -c "$OUTPORT" ] && [ -c "$ERRPORT" ]
+do
+    n=$((n + 1)); [ $n -gt 300 ] && fail "virtio-serial ports did not appear"
+    sleep 0.1
+done
+exec 7>"$OUTPORT" 8>"$ERRPORT" || fail "cannot open $OUTPORT / $ERRPORT"
+ERRFD=8
+mark "file systems mounted"
+
+ulimit -l unlimited || fail "ulimit -l unlimited"
+[ -n "$SVM_NOFILE" ] && ulimit -n "$SVM_NOFILE" 2>/dev/null
+
+EOF
+    stage2_network
+    cat <<'EOF'
+host rdma link add rxe0 type rxe netdev "$SVM_NETDEV" || fail "rdma link add rxe0 type rxe netdev $SVM_NETDEV failed"
+P=/sys/class/infiniband/rxe0/ports/1
+n=0
+while :; do
+    gids=0
+    for i in $SVM_GIDS; do
+        g=''
+        read -r g <"$P/gids/$i" 2>/dev/null
+        case $g in 0000:0000:0000:0000:0000:ffff:*) gids=$((gids + 1)) ;; esac
+    done
+    st=''
+    read -r st <"$P/state" 2>/dev/null
+    case $st in *ACTIVE*)
+        [ $gids -ge "$SVM_GIDS_NEEDED" ] && [ -c /dev/infiniband/uverbs0 ] && [ -c /dev/infiniband/rdma_cm ] && break ;;
+    esac
+    n=$((n + 1))
+    [ $n -gt $((SVM_RXE_TIMEOUT * 10)) ] &&
+        fail "rxe0 port 1 not ACTIVE with $SVM_GIDS_WHAT after $SVM_RXE_TIMEOUT s (state: $st, IPv4 GIDs at indexes $SVM_GIDS: $gids)"
+    sleep 0.1
+done
+mark "rxe0 active"
+cat /proc/uptime >"$R/ready"
+
+# COMMAND writes into FIFOs relayed by cat to the ports, so that it may reopen /dev/stdout or /dev/stderr
+# (a virtio-serial port can be open only once); whatever stage2_start starts may write there too.
+mkdir -p /dev/softroce-vm && mkfifo /dev/softroce-vm/out /dev/softroce-vm/err || fail "mkfifo"
+cat /dev/softroce-vm/out >&7 8>&- &
+RO=$!
+cat /dev/softroce-vm/err >&8 7>&- &
+RE=$!
+EOF
+    stage2_start
+    cat <<'EOF'
+# (In the background, so that the shell reports no "Killed" when COMMAND dies of a signal.)
+env -i /bin/chroot "$N" /bin/sh /run/softroce-vm/run.sh >/dev/softroce-vm/out 2>/dev/softroce-vm/err 7>&- 8>&- &
+wait $!
+status=$?
+mark "command exited with status $status"
+EOF
+    stage2_end
+    cat <<'EOF'
+# Background processes that COMMAND (or anything else) left behind may still hold the FIFOs: give the relays 2 s
+# to drain.
+(sleep 2; kill $RO $RE 2>/dev/null) 7>&- 8>&- &
+W=$!
+wait $RO $RE
+kill $W 2>/dev/null
+[ -f "$R/error" ] && fail "$(cat "$R/error")"
+sync
+echo "$status" >"$R/status.tmp" && mv "$R/status.tmp" "$R/status"
+finish
+EOF
+}
+
+# run.sh: run by the host's /bin/sh in the host root (chroot), with an empty environment: the caller's environment,
+# the caller's working directory, then COMMAND as the hook run_command prints it (guest sh text).
+run_script() {
+    cat <<'EOF'
+. /run/softroce-vm/env.sh || exit 125
+. /run/softroce-vm/args.sh || exit 125
+if ! cd "$SVM_CWD"; then
+    echo "cannot change to $SVM_CWD inside the VM" >/run/softroce-vm/error
+    exit 125
+fi
+unset SVM_CWD
+EOF
+    run_command
 }
 
 SUDO=()
@@ -271,4 +438,148 @@ guest_append() {
         *) die "SOFTROCE_VM_CLOCK must be tsc or hpet" ;;
     esac
     printf '%s %s' "$append" "${SOFTROCE_VM_APPEND:-}"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# The host side of a run.
+
+# The 9p options of every -virtfs.
+readonly QEMU_9P=security_model=none,multidevs=remap
+
+# Sets TMPFS_TMP: 1 unless the repository or the caller's directory is under /tmp (then the guest keeps the host's).
+set_tmpfs_tmp() {
+    TMPFS_TMP=1
+    [[ $REPO == /tmp || $REPO == /tmp/* || $PWD == /tmp || $PWD == /tmp/* ]] && TMPFS_TMP=0
+    return 0
+}
+
+# vm_folder DIR [NAME=VALUE...]: the files a VM's per-run folder (DIR, its "svmrun" 9p share) needs: vm.sh (stage
+# 2's settings: SVM_REPO, SVM_TMPFS_TMP from TMPFS_TMP, SVM_RXE_TIMEOUT from RXE_TIMEOUT, SVM_NOFILE, then each
+# NAME=VALUE), env.sh (the caller's PATH, HOME, TERM and LND_*, LNET_*, SWIFT_*, RDMA_*, SOFTROCE_* variables but
+# those named in ENV_OWN, then SOFTROCE_VM=1; the caller may append), stage2.sh, run.sh and the empty stdout,
+# stderr and console.log. args.sh (SVM_CWD and the command) is the caller's.
+ENV_OWN=()
+vm_folder() {
+    local d=$1 kv name own
+    shift
+    {
+        printf 'SVM_REPO=%s\n' "$(squote "$REPO")"
+        printf 'SVM_TMPFS_TMP=%s\n' "$TMPFS_TMP"
+        printf 'SVM_RXE_TIMEOUT=%s\n' "$RXE_TIMEOUT"
+        printf 'SVM_NOFILE=%s\n' "$(ulimit -n)"
+        for kv in "$@"; do
+            printf '%s=%s\n' "${kv%%=*}" "$(squote "${kv#*=}")"
+        done
+    } >"$d/vm.sh"
+    {
+        for name in PATH HOME TERM; do
+            [[ -v $name ]] && printf 'export %s=%s\n' "$name" "$(squote "${!name}")"
+        done
+        while IFS= read -r name; do
+            for own in "${ENV_OWN[@]}"; do
+                [[ $name == "$own" ]] && continue 2
+            done
+            case $name in
+                LND_* | LNET_* | SWIFT_* | RDMA_* | SOFTROCE_*)
+                    printf 'export %s=%s\n' "$name" "$(squote "${!name}")" ;;
+            esac
+        done < <(compgen -e)
+        printf 'export SOFTROCE_VM=1\n'
+    } >"$d/env.sh"
+    stage2_script >"$d/stage2.sh"
+    run_script >"$d/run.sh"
+    : >"$d/stdout"
+    : >"$d/stderr"
+    : >"$d/console.log"
+}
+
+# qemu_command NAME CPUS MEM DIR [OPTION...]: sets QEMU_CMD, the QEMU command line of a VM whose per-run folder is
+# DIR: its console and output files there, the cached kernel and initramfs, the host root (read-only), the
+# repository and DIR over 9p, the two virtio-serial ports; OPTION... (the network, more shares) after the kernel.
+QEMU_CMD=()
+qemu_command() {
+    local name=$1 cpus=$2 mem=$3 d=$4
+    shift 4
+    QEMU_CMD=(qemu-system-x86_64 -name "$name" -accel tcg -cpu "$(guest_cpu)" -machine pc -smp "$cpus" -m "$mem"
+        -nodefaults -no-user-config -display none -no-reboot -monitor none
+        -serial "file:$(qesc "$d/console.log")"
+        -kernel "$(qesc "$KERNEL_IMAGE")" -initrd "$(qesc "$INITRD")"
+        -append "$(guest_append)"
+        "$@"
+        -virtfs "local,path=/,mount_tag=hostroot,readonly=on,$QEMU_9P"
+        -virtfs "local,path=$(qesc "$REPO"),mount_tag=repo,$QEMU_9P"
+        -virtfs "local,path=$(qesc "$d"),mount_tag=svmrun,$QEMU_9P"
+        -device "virtio-serial-pci,id=vser"
+        -chardev "file,id=svmout,append=on,path=$(qesc "$d/stdout")"
+        -device "virtserialport,bus=vser.0,chardev=svmout,name=softroce.stdout"
+        -chardev "file,id=svmerr,append=on,path=$(qesc "$d/stderr")"
+        -device "virtserialport,bus=vser.0,chardev=svmerr,name=softroce.stderr")
+}
+
+# show_console_tail DIR LINES [HOST]: the last LINES lines of the console log and QEMU's messages of the VM whose
+# per-run folder is DIR (HOST: A or B, for the two-host script's VMs).
+show_console_tail() {
+    local d=$1 lines=$2 h=${3:-} console qemu
+    if [[ -n $h ]]; then console="host $h's console" qemu="host $h's QEMU"; else console="the VM console" qemu=QEMU; fi
+    if [[ -s $d/console.log ]]; then
+        log "last lines of $console:"
+        tail -n "$lines" "$d/console.log" | tr -d '\r' | sed "s/^/$PROG: $h| /" >&2
+    fi
+    if [[ -s $d/qemu.log ]]; then
+        log "$qemu said:"
+        tail -n 20 "$d/qemu.log" | sed "s/^/$PROG: $h| /" >&2
+    fi
+}
+
+# report_vm_failure DIR WHO [QEMU-STATUS]: why the VM of per-run folder DIR left no status (WHO prefixes the
+# message, e.g. "host A: ").
+report_vm_failure() {
+    local d=$1 who=$2 rc=${3:-}
+    if [[ -f $d/error ]]; then
+        log "${who}VM setup failed: $(<"$d/error")"
+    elif grep -q 'Kernel panic' "$d/console.log" 2>/dev/null; then
+        log "${who}the VM crashed (kernel panic) before COMMAND finished"
+    elif [[ -f $d/ready ]]; then
+        log "${who}the VM stopped before COMMAND finished (${rc:+QEMU exit status $rc; }VM crash?)"
+    else
+        log "${who}the VM did not come up${rc:+ (QEMU exit status $rc)}"
+    fi
+}
+
+# remove_run_folder KEEP: removes RUN (unless KEEP is 1: then says where it is) and an unfinished cache build.
+remove_run_folder() {
+    if [[ -n $RUN ]]; then
+        if [[ $1 == 1 ]]; then
+            log "run folder kept: $RUN"
+        else
+            rm -rf "$RUN"
+        fi
+        RUN=
+    fi
+    [[ -n $BUILD_TMP ]] && rm -rf "$BUILD_TMP"
+    BUILD_TMP=
+    return 0
+}
+
+# start_harness CACHE-PREFIX WHAT: REPO, the cache (CACHE-PREFIX: the script's own builds in it), the traps (the
+# script's cleanup on exit; on SIGINT, SIGTERM, SIGHUP "interrupted (SIG); stopping WHAT", cleanup, then exit
+# 130, 143, 129), the packages, and KERNEL_IMAGE and INITRD.
+start_harness() {
+    REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+    CACHE=$REPO/.softroce
+    CACHE_PREFIX=$1
+    STOPPING=$2
+    trap cleanup EXIT
+    trap 'on_signal INT' INT
+    trap 'on_signal TERM' TERM
+    trap 'on_signal HUP' HUP
+    ensure_packages
+    ensure_cache
+}
+# shellcheck disable=SC2317  # invoked from traps
+on_signal() {
+    trap - INT TERM HUP
+    log "interrupted ($1); stopping $STOPPING"
+    cleanup
+    case $1 in INT) exit 130 ;; HUP) exit 129 ;; *) exit 143 ;; esac
 }
