@@ -31,6 +31,8 @@
 #              measure instead of building one, e.g. an older checkout's), SOFTROCE_VM_* (see softroce-vm.sh).
 # Bandwidth is in MB/s with MB = 2^20 bytes, as perftest reports it.
 set -euo pipefail
+# log, usage, bad_usage, start_serve
+. "$(dirname "$0")/common.sh"
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
@@ -52,7 +54,6 @@ if [[ "${1:-}" == "--inside" ]]; then
     [[ ${BENCH_VERIFY:-1} == 1 ]] && verify=(--verify)
     dev=rxe0
     mkdir -p "$out"
-    log() { printf 'bench: %s\n' "$*" >&2; }
 
     # The GID index carrying an IPv4 address (RoCE v2 when the type is shown).
     gid_index() {
@@ -135,17 +136,12 @@ if [[ "${1:-}" == "--inside" ]]; then
     }
     trap stop_server EXIT
     start_server() { # NAME [VAR=VALUE...]
-        local name=$1 ready="$out/serve-$1.ready" waited
+        local name=$1 up=0
         shift
-        rm -f "$ready"
-        env "$@" "$bin" serve --nid $SERVER_ADDR@o2ib --ready-file "$ready" --json \
-            >"$out/serve-$name.json" 2>"$out/serve-$name.log" &
-        server_pid=$!
-        for waited in $(seq 1 600); do
-            [[ -f $ready ]] && return 0
-            kill -0 "$server_pid" 2>/dev/null || break
-            sleep 0.1
-        done
+        start_serve "$out/serve-$name.ready" 60 env "$@" "$bin" serve --nid $SERVER_ADDR@o2ib --json \
+            >"$out/serve-$name.json" 2>"$out/serve-$name.log" || up=$?
+        server_pid=$SERVE_PID
+        ((up == 0)) && return 0
         log "lnetctl serve ($name) did not come up: $(tail -n 3 "$out/serve-$name.log" | tr '\n' ' ')"
         exit 1
     }
@@ -201,23 +197,23 @@ json=()
 case "${1:-}" in
     --json) json=(--json) ;;
     "") ;;
-    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-    *) echo "usage: scripts/bench.sh [--json]" >&2; exit 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) bad_usage ;;
 esac
 
 started=$(date +%s)
 scripts/install-deps.sh --vm --bench >&2
 if [[ -n ${BENCH_LNETCTL:-} ]]; then
     bin=$(realpath "$BENCH_LNETCTL")
-    echo "bench: measuring $bin (BENCH_LNETCTL)" >&2
+    log "measuring $bin (BENCH_LNETCTL)"
 else
-    echo "bench: building lnetctl (release)" >&2
+    log "building lnetctl (release)"
     swift build -c release --product lnetctl >&2
     bin="$(swift build -c release --show-bin-path)/lnetctl"
 fi
 out="$repo/results/bench/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
-echo "bench: raw results in $out" >&2
+log "raw results in $out"
 vm_status=0
 # The VM passes on only LND_*, LNET_*, SWIFT_*, RDMA_* and SOFTROCE_* variables: hand the BENCH_* ones over here.
 settings=()
@@ -225,5 +221,5 @@ for name in BENCH_REPEAT BENCH_SECONDS BENCH_CONCURRENCY BENCH_PING_COUNT BENCH_
     [[ -n ${!name:-} ]] && settings+=("$name=${!name}")
 done
 scripts/softroce-vm.sh -- env "${settings[@]}" "$repo/scripts/bench.sh" --inside "$bin" "$out" >&2 || vm_status=$?
-echo "bench: VM run done (status $vm_status) after $(($(date +%s) - started)) s" >&2
+log "VM run done (status $vm_status) after $(($(date +%s) - started)) s"
 exec scripts/bench-summary.py "$out" --vm-status "$vm_status" "${json[@]}"

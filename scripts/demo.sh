@@ -11,6 +11,8 @@
 #   lnetctl selftest --nid 192.0.2.2@o2ib --to 192.0.2.1@o2ib --op write --size 1MiB --concurrency 8 --count 200 --verify
 # prints the summaries, stops the server by its PID, and exits non-zero if a run failed or did not verify.
 set -euo pipefail
+# log, die, bad_usage, start_serve
+. "$(dirname "$0")/common.sh"
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
@@ -25,15 +27,12 @@ if [[ "${1:-}" == "--inside" ]]; then
     "$bin" devices
     echo
     echo "== lnetctl serve --nid $SERVER &"
-    "$bin" serve --nid $SERVER --ready-file "$ready" &
-    server_pid=$!
+    up=0
+    start_serve "$ready" 60 "$bin" serve --nid $SERVER || up=$?
+    server_pid=$SERVE_PID
     trap 'kill -TERM $server_pid 2>/dev/null || true' EXIT
-    for _ in $(seq 1 600); do
-        [[ -f $ready ]] && break
-        kill -0 $server_pid 2>/dev/null || { echo "demo: lnetctl serve exited early" >&2; exit 1; }
-        sleep 0.1
-    done
-    [[ -f $ready ]] || { echo "demo: lnetctl serve did not come up in 60 s" >&2; exit 1; }
+    ((up != 1)) || die "lnetctl serve exited early"
+    ((up != 2)) || die "lnetctl serve did not come up in 60 s"
 
     echo
     echo "== lnetctl ping --nid $CLIENT $SERVER --count 5"
@@ -48,12 +47,12 @@ if [[ "${1:-}" == "--inside" ]]; then
     echo
     echo "== stopping the server (kill -TERM $server_pid)"
     kill -TERM $server_pid
-    wait $server_pid || { echo "demo: lnetctl serve exited with status $?" >&2; status=1; }
+    wait $server_pid || { log "lnetctl serve exited with status $?"; status=1; }
     trap - EXIT
     exit $status
 fi
 
-[[ $# -eq 0 ]] || { echo "usage: scripts/demo.sh" >&2; exit 2; }
+[[ $# -eq 0 ]] || bad_usage
 started=$(date +%s)
 echo "== installing dependencies (scripts/install-deps.sh --vm)"
 scripts/install-deps.sh --vm
@@ -67,6 +66,6 @@ echo
 if ((status == 0)); then
     echo "demo: OK - reads and writes verified over rxe ($(($(date +%s) - started)) s)"
 else
-    echo "demo: FAILED (status $status)" >&2
+    log "FAILED (status $status)"
 fi
 exit $status

@@ -62,6 +62,9 @@
 # netem, default 64KiB), FAULT_SUITE_FLAPS_DURATION (seconds of each of the flaps case's two rounds, default 20:
 # the first covers the flaps), LNET_LOG_LEVEL (e.g. info: more in the .err files), and anything softroce-2host.sh takes (SOFTROCE_2HOST_*).
 set -euo pipefail
+# log, die, wait_ready
+. "$(dirname "$0")/common.sh"
+DIE_STATUS=2
 
 ALL_CASES=(netem-read-pull netem-read-push netem-write-pull netem-write-push blackout link-down server-kill race flaps)
 
@@ -78,16 +81,17 @@ if [[ ${1:-} == --orchestrate ]]; then
     note() { echo "+$(elapsed_s) s $*"; }
 
     wait_file() {   # wait_file PATH SECONDS [RC]: until PATH exists; fails at once if the process of RC ended
-        local i
-        for ((i = 0; i < $2 * 10; i++)); do
-            [[ -e $1 ]] && return 0
-            if [[ -n ${3:-} && -e $3 ]]; then
-                note "${3#"$SH"/} exists (the process ended) before ${1#"$SH"/}"
-                return 1
-            fi
-            sleep 0.1
-        done
-        note "timed out after $2 s waiting for ${1#"$SH"/}"
+        local up=0
+        if [[ -n ${3:-} ]]; then
+            wait_ready "$1" "$2" test ! -e "$3" || up=$?
+        else
+            wait_ready "$1" "$2" true || up=$?
+        fi
+        case $up in
+            0) return 0 ;;
+            1) note "${3#"$SH"/} exists (the process ended) before ${1#"$SH"/}" ;;
+            *) note "timed out after $2 s waiting for ${1#"$SH"/}" ;;
+        esac
         return 1
     }
     # A script in the shared folder that runs one lnetctl command in the background on a host, recording its
@@ -107,6 +111,7 @@ if [[ ${1:-} == --orchestrate ]]; then
         } >"$SH/$name.sh"
         "on_${host,}" "nohup sh $VSH/$name.sh >/dev/null 2>&1 &"
     }
+    # The server on B, started through the shared folder (so not with start_serve) and waited for like it.
     serve() {   # serve NAME GET_MODE: starts the server on B and waits until it serves
         launch B "$1" "LND_GET_MODE=$2" -- serve --nid 192.0.2.2@o2ib --json --ready-file "$VSH/$1.ready"
         wait_file "$SH/$1.ready" 90 "$SH/$1.rc"
@@ -327,7 +332,7 @@ export LND_TIMEOUT=${LND_TIMEOUT:-10}
 # timeout from LNet, within the self-test's own --timeout (40 s).
 export LNET_TRANSACTION_TIMEOUT=${LNET_TRANSACTION_TIMEOUT:-20}
 export FS_NETEM=${FAULT_SUITE_NETEM:-loss 1% delay 5ms 2ms reorder 25% 50%}
-[[ -x $FS_BIN/lnetctl ]] || { echo "fault-suite: no $FS_BIN/lnetctl (build first: swift build)" >&2; exit 2; }
+[[ -x $FS_BIN/lnetctl ]] || die "no $FS_BIN/lnetctl (build first: swift build)"
 rm -rf "$FS_OUT" results/fault-suite.txt results/fault-suite.json
 mkdir -p results
 start=$(date +%s)

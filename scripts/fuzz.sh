@@ -13,12 +13,14 @@
 #
 # Env: FUZZ_ARGS  extra libFuzzer flags (e.g. "-seed=1 -jobs=2")
 set -euo pipefail
+# log, die, bad_usage
+. "$(dirname "$0")/common.sh"
+DIE_STATUS=2
 cd "$(dirname "$0")/.."
 
 seconds=${1:-60}
 if ! [[ "$seconds" =~ ^[0-9]+$ ]] || ((seconds < 1)); then
-    echo "usage: scripts/fuzz.sh [SECONDS]" >&2
-    exit 2
+    bad_usage
 fi
 
 scripts/install-deps.sh
@@ -28,11 +30,10 @@ if [[ -z "$swiftc" && -x /opt/swift/usr/bin/swiftc ]]; then
     export PATH=/opt/swift/usr/bin:$PATH
     swiftc=/opt/swift/usr/bin/swiftc
 fi
-[[ -n "$swiftc" ]] || { echo "fuzz: swiftc not found on PATH" >&2; exit 2; }
+[[ -n "$swiftc" ]] || die "swiftc not found on PATH"
 runtime="$(dirname "$(readlink -f "$swiftc")")/../lib/swift/clang/lib/linux/libclang_rt.fuzzer-$(uname -m).a"
 if [[ ! -f "$runtime" ]]; then
-    echo "fuzz: this Swift toolchain has no libFuzzer runtime ($runtime); use a swift.org Linux toolchain" >&2
-    exit 2
+    die "this Swift toolchain has no libFuzzer runtime ($runtime); use a swift.org Linux toolchain"
 fi
 
 scratch=.build-fuzz
@@ -45,8 +46,7 @@ if ! swift build -c release --scratch-path "$scratch" --product WireFuzz --sanit
     -Xswiftc -sanitize=fuzzer,address -Xswiftc -assert-config -Xswiftc Debug -Xswiftc -DFUZZING \
     >"$build_log" 2>&1; then
     cat "$build_log" >&2
-    echo "fuzz: build failed" >&2
-    exit 2
+    die "build failed"
 fi
 # ld.gold's note about an ASan-internal symbol is harmless.
 grep -v -e '__asan_extra_spill_area' -e '^\[' "$build_log" || true
@@ -96,6 +96,6 @@ if ((${#found[@]} > 0)); then
     exit 1
 fi
 if ((status != 0)); then
-    echo "fuzz: libFuzzer exited with status $status without a crash input; see $log" >&2
+    log "libFuzzer exited with status $status without a crash input; see $log"
     exit "$status"
 fi

@@ -4,13 +4,15 @@
 #   --vm     adds what the SoftRoCE VM and perftest need
 #   --bench  adds what scripts/bench.sh and Benchmarks/callgrind.sh compare with or measure by: UCX, valgrind
 set -euo pipefail
+# log, bad_usage
+. "$(dirname "$0")/common.sh"
 
 packages=(libibverbs-dev librdmacm-dev ibverbs-providers rdma-core python3)
 for flag in "$@"; do
     case $flag in
         --vm) packages+=(qemu-system-x86 busybox-static kmod cpio iproute2 ibverbs-utils rdmacm-utils perftest xz-utils) ;;
         --bench) packages+=(ucx-utils valgrind) ;;
-        *) echo "usage: scripts/install-deps.sh [--vm] [--bench]" >&2; exit 2 ;;
+        *) bad_usage ;;
     esac
 done
 
@@ -19,7 +21,7 @@ for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
-    echo "install-deps: installing ${missing[*]}" >&2
+    log "installing ${missing[*]}"
     sudo_cmd=()
     [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
     "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -27,6 +27,9 @@
 # every process; under emulation a 16 MiB operation can take minutes when the link is saturated: LND_TIMEOUT=300
 # avoids timing those out).
 set -euo pipefail
+# log, die, start_serve
+. "$(dirname "$0")/common.sh"
+DIE_STATUS=2
 cd "$(dirname "$0")/.."
 
 if [[ ${1:-} == --host ]]; then
@@ -47,8 +50,17 @@ if [[ ${1:-} == --host ]]; then
     optimeout=$(( ${LND_TIMEOUT:-50} + 60 ))
     for i in 0 1 2 3 4 5; do ip addr add "192.0.2.$((base + i))/24" dev eth0; done
     sleep 1   # the new addresses' RoCE GIDs
-    "$bin" serve --nid "$me@o2ib" --json --ready-file "$S/$H.serve.ready" >"$O/$H.serve.json" 2>"$O/$H.serve.err" &
-    serve=$!
+    up=0
+    start_serve "$S/$H.serve.ready" 120 "$bin" serve --nid "$me@o2ib" --json \
+        >"$O/$H.serve.json" 2>"$O/$H.serve.err" || up=$?
+    serve=$SERVE_PID
+    if ((up != 0)); then
+        why="it exited"
+        ((up == 2)) && why="not ready after 120 s"
+        log "host $H: lnetctl serve did not come up ($why)"
+        kill -TERM "$serve" 2>/dev/null || true
+        exit 1
+    fi
     until [[ -e $S/A.serve.ready && -e $S/B.serve.ready ]]; do sleep 0.2; done
     pids=()
     for i in 0 1 2 3 4 5; do
@@ -87,9 +99,9 @@ if [[ ${1:-} == --host ]]; then
 fi
 
 duration=${1:-600}
-[[ $duration =~ ^[0-9]+$ ]] && ((duration >= 60)) || { echo "soak: SECONDS must be a number, at least 60" >&2; exit 2; }
+[[ $duration =~ ^[0-9]+$ ]] && ((duration >= 60)) || die "SECONDS must be a number, at least 60"
 allowed=${SOAK_ALLOWED_ERRORS:-0}
-[[ $allowed =~ ^[0-9]+$ ]] || { echo "soak: SOAK_ALLOWED_ERRORS must be a number" >&2; exit 2; }
+[[ $allowed =~ ^[0-9]+$ ]] || die "SOAK_ALLOWED_ERRORS must be a number"
 echo "== build (release)"
 swift build -c release --product lnetctl --quiet
 out=$PWD/results/soak
