@@ -44,65 +44,36 @@ public enum SelftestWire {
     }
 }
 
-/// Appends little-endian integers to a byte array.
-struct ByteWriter {
-    private(set) var bytes: [UInt8] = []
+extension SelftestWireError: ByteDecodingError {
+    public static func truncated(needed: Int, have: Int) -> SelftestWireError { .truncated(needed: needed, available: have) }
+}
 
-    init(capacity: Int = 64) { bytes.reserveCapacity(capacity) }
+/// The reader of self-test messages (LNet's byte coder, throwing ``SelftestWireError``).
+typealias SelftestReader = ByteReader<SelftestWireError>
 
-    mutating func u8(_ value: UInt8) { bytes.append(value) }
-    mutating func u16(_ value: UInt16) { for i in 0..<2 { bytes.append(UInt8(truncatingIfNeeded: value >> (8 * i))) } }
-    mutating func u32(_ value: UInt32) { for i in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: value >> (8 * i))) } }
-    mutating func u64(_ value: UInt64) { for i in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: value >> (8 * i))) } }
-    mutating func raw(_ value: some Collection<UInt8>) { bytes.append(contentsOf: value) }
-
+extension ByteWriter {
+    /// Writes the common header.
     mutating func header(_ type: SelftestWire.MessageType, session: UInt64) {
-        u32(SelftestWire.magic)
-        u16(SelftestWire.version)
-        u16(type.rawValue)
-        u64(session)
+        write(SelftestWire.magic)
+        write(SelftestWire.version)
+        write(type.rawValue)
+        write(session)
     }
 }
 
-/// Reads little-endian integers from bytes, throwing on truncation.
-struct ByteReader {
-    private let bytes: [UInt8]
-    private(set) var position = 0
-
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
-
-    var remaining: Int { bytes.count - position }
-
-    private mutating func take(_ count: Int) throws(SelftestWireError) -> ArraySlice<UInt8> {
-        guard remaining >= count else { throw .truncated(needed: position + count, available: bytes.count) }
-        defer { position += count }
-        return bytes[position..<position + count]
-    }
-
-    private mutating func integer<T: FixedWidthInteger & UnsignedInteger>(_: T.Type) throws(SelftestWireError) -> T {
-        var value: T = 0
-        for (i, byte) in try take(MemoryLayout<T>.size).enumerated() { value |= T(byte) << (8 * i) }
-        return value
-    }
-
-    mutating func u8() throws(SelftestWireError) -> UInt8 { try integer(UInt8.self) }
-    mutating func u16() throws(SelftestWireError) -> UInt16 { try integer(UInt16.self) }
-    mutating func u32() throws(SelftestWireError) -> UInt32 { try integer(UInt32.self) }
-    mutating func u64() throws(SelftestWireError) -> UInt64 { try integer(UInt64.self) }
-    mutating func raw(_ count: Int) throws(SelftestWireError) -> [UInt8] { Array(try take(count)) }
-
+extension ByteReader where Failure == SelftestWireError {
     /// Reads and checks the common header; returns the type and the session id.
     mutating func header(expecting expected: [SelftestWire.MessageType]) throws(SelftestWireError) -> (SelftestWire.MessageType, UInt64) {
         guard remaining >= SelftestWire.headerSize else { throw .truncated(needed: SelftestWire.headerSize, available: remaining) }
-        let magic = try u32()
+        let magic = try read(UInt32.self)
         guard magic == SelftestWire.magic else { throw .badMagic(magic) }
-        let version = try u16()
+        let version = try read(UInt16.self)
         guard version == SelftestWire.version else { throw .unsupportedVersion(version) }
-        let rawType = try u16()
+        let rawType = try read(UInt16.self)
         guard let type = SelftestWire.MessageType(rawValue: rawType), expected.contains(type) else {
             throw .unexpectedType(got: rawType, expected: expected.map(\.rawValue))
         }
-        return (type, try u64())
+        return (type, try read(UInt64.self))
     }
 }
 
@@ -198,30 +169,31 @@ public struct SessionRequest: Equatable, Sendable {
     public var sizes: OperationSizes { OperationSizes(minimum: minSize, maximum: size) }
 
     public func encoded() -> [UInt8] {
-        var writer = ByteWriter(capacity: Self.encodedSize)
-        writer.header(kind == .setup ? .setup : .teardown, session: session)
-        writer.u8(op.wire)
-        writer.u8(verify ? 1 : 0)
-        writer.u16(0)
-        writer.u32(UInt32(clamping: size))
-        writer.u32(UInt32(clamping: concurrency))
-        writer.u32(UInt32(clamping: minSize))
-        return writer.bytes
+        return ByteWriter.bytes(count: Self.encodedSize) { writer in
+            writer.header(kind == .setup ? .setup : .teardown, session: session)
+            writer.write(op.wire as UInt8)
+            writer.write((verify ? 1 : 0) as UInt8)
+            writer.write(0 as UInt16)
+            writer.write(UInt32(clamping: size) as UInt32)
+            writer.write(UInt32(clamping: concurrency) as UInt32)
+            writer.write(UInt32(clamping: minSize) as UInt32)
+        }
     }
 
     public init(decoding bytes: [UInt8]) throws(SelftestWireError) {
-        var reader = ByteReader(bytes)
-        let (type, session) = try reader.header(expecting: [.setup, .teardown])
-        let rawOp = try reader.u8()
-        guard let op = SelftestOp(wire: rawOp) else { throw .invalidField(name: "op", value: UInt64(rawOp)) }
-        let flags = try reader.u8()
-        guard flags & ~1 == 0 else { throw .invalidField(name: "flags", value: UInt64(flags)) }
-        _ = try reader.u16()
-        let size = try reader.u32()
-        let concurrency = try reader.u32()
-        let minSize = try reader.u32()
-        self.init(kind: type == .setup ? .setup : .teardown, session: session, op: op, size: Int(size),
-                  minSize: minSize == 0 ? Int(size) : Int(minSize), concurrency: Int(concurrency), verify: flags & 1 != 0)
+        self = try SelftestReader.withReader(bytes) { reader throws(SelftestWireError) -> Self in
+            let (type, session) = try reader.header(expecting: [.setup, .teardown])
+            let rawOp = try reader.read(UInt8.self)
+            guard let op = SelftestOp(wire: rawOp) else { throw .invalidField(name: "op", value: UInt64(rawOp)) }
+            let flags = try reader.read(UInt8.self)
+            guard flags & ~1 == 0 else { throw .invalidField(name: "flags", value: UInt64(flags)) }
+            _ = try reader.read(UInt16.self)
+            let size = try reader.read(UInt32.self)
+            let concurrency = try reader.read(UInt32.self)
+            let minSize = try reader.read(UInt32.self)
+            return Self(kind: type == .setup ? .setup : .teardown, session: session, op: op, size: Int(size),
+                      minSize: minSize == 0 ? Int(size) : Int(minSize), concurrency: Int(concurrency), verify: flags & 1 != 0)
+        }
     }
 }
 
@@ -311,41 +283,42 @@ public struct SessionReply: Equatable, Sendable {
             while cut > 0 && text[cut] & 0xC0 == 0x80 { cut -= 1 }
             text = Array(text[..<cut])
         }
-        var writer = ByteWriter(capacity: Self.fixedSize + text.count)
-        writer.header(kind == .ready ? .ready : .closed, session: session)
-        writer.u32(status.rawValue)
-        writer.u8(getMode.wire)
-        writer.u8(putMode.wire)
-        writer.u16(UInt16(text.count))
-        writer.u64(sessionMemoryLimit)
-        writer.u64(operationsServed)
-        writer.u64(bytesServed)
-        writer.u64(verificationFailures)
-        writer.u64(serverCPUNanoseconds)
-        writer.u64(serverMaxRSSKiB)
-        writer.raw(text)
-        return writer.bytes
+        return ByteWriter.bytes(count: Self.fixedSize + text.count) { writer in
+            writer.header(kind == .ready ? .ready : .closed, session: session)
+            writer.write(status.rawValue as UInt32)
+            writer.write(getMode.wire as UInt8)
+            writer.write(putMode.wire as UInt8)
+            writer.write(UInt16(text.count) as UInt16)
+            writer.write(sessionMemoryLimit as UInt64)
+            writer.write(operationsServed as UInt64)
+            writer.write(bytesServed as UInt64)
+            writer.write(verificationFailures as UInt64)
+            writer.write(serverCPUNanoseconds as UInt64)
+            writer.write(serverMaxRSSKiB as UInt64)
+            text.withUnsafeBytes { writer.write(bytes: $0) }
+        }
     }
 
     public init(decoding bytes: [UInt8]) throws(SelftestWireError) {
-        var reader = ByteReader(bytes)
-        let (type, session) = try reader.header(expecting: [.ready, .closed])
-        let status = SessionStatus(wire: try reader.u32())
-        let getMode = AdvertisedBulkMode(wire: try reader.u8())
-        let putMode = AdvertisedBulkMode(wire: try reader.u8())
-        let length = Int(try reader.u16())
-        guard length <= Self.maxMessageLength else { throw .invalidField(name: "message length", value: UInt64(length)) }
-        let limit = try reader.u64()
-        let operations = try reader.u64()
-        let bytesServed = try reader.u64()
-        let failures = try reader.u64()
-        let cpu = try reader.u64()
-        let rss = try reader.u64()
-        let text = try reader.raw(length)
-        self.init(kind: type == .ready ? .ready : .closed, session: session, status: status, getMode: getMode,
-                  putMode: putMode, sessionMemoryLimit: limit, operationsServed: operations, bytesServed: bytesServed,
-                  verificationFailures: failures, serverCPUNanoseconds: cpu, serverMaxRSSKiB: rss,
-                  message: String(decoding: text, as: UTF8.self))
+        self = try SelftestReader.withReader(bytes) { reader throws(SelftestWireError) -> Self in
+            let (type, session) = try reader.header(expecting: [.ready, .closed])
+            let status = SessionStatus(wire: try reader.read(UInt32.self))
+            let getMode = AdvertisedBulkMode(wire: try reader.read(UInt8.self))
+            let putMode = AdvertisedBulkMode(wire: try reader.read(UInt8.self))
+            let length = Int(try reader.read(UInt16.self))
+            guard length <= Self.maxMessageLength else { throw .invalidField(name: "message length", value: UInt64(length)) }
+            let limit = try reader.read(UInt64.self)
+            let operations = try reader.read(UInt64.self)
+            let bytesServed = try reader.read(UInt64.self)
+            let failures = try reader.read(UInt64.self)
+            let cpu = try reader.read(UInt64.self)
+            let rss = try reader.read(UInt64.self)
+            let text = Array(try reader.bytes(length))
+            return Self(kind: type == .ready ? .ready : .closed, session: session, status: status, getMode: getMode,
+                      putMode: putMode, sessionMemoryLimit: limit, operationsServed: operations, bytesServed: bytesServed,
+                      verificationFailures: failures, serverCPUNanoseconds: cpu, serverMaxRSSKiB: rss,
+                      message: String(decoding: text, as: UTF8.self))
+        }
     }
 }
 
@@ -397,21 +370,22 @@ public struct Verdict: Equatable, Sendable {
     }
 
     public func encoded() -> [UInt8] {
-        var writer = ByteWriter(capacity: Self.encodedSize)
-        writer.header(.verdict, session: session)
-        writer.u32(UInt32(clamping: slot))
-        writer.u32(status.rawValue)
-        writer.u64(sequence)
-        writer.u64(badOffset)
-        return writer.bytes
+        return ByteWriter.bytes(count: Self.encodedSize) { writer in
+            writer.header(.verdict, session: session)
+            writer.write(UInt32(clamping: slot) as UInt32)
+            writer.write(status.rawValue as UInt32)
+            writer.write(sequence as UInt64)
+            writer.write(badOffset as UInt64)
+        }
     }
 
     public init(decoding bytes: [UInt8]) throws(SelftestWireError) {
-        var reader = ByteReader(bytes)
-        let (_, session) = try reader.header(expecting: [.verdict])
-        let slot = try reader.u32()
-        let status = VerdictStatus(wire: try reader.u32())
-        self.init(session: session, slot: Int(slot), sequence: try reader.u64(), status: status, badOffset: try reader.u64())
+        self = try SelftestReader.withReader(bytes) { reader throws(SelftestWireError) -> Self in
+            let (_, session) = try reader.header(expecting: [.verdict])
+            let slot = try reader.read(UInt32.self)
+            let status = VerdictStatus(wire: try reader.read(UInt32.self))
+            return Self(session: session, slot: Int(slot), sequence: try reader.read(UInt64.self), status: status, badOffset: try reader.read(UInt64.self))
+        }
     }
 }
 
@@ -435,21 +409,22 @@ public struct NodeInfo: Equatable, Sendable {
     public var processID: ProcessID { ProcessID(nid: nid, pid: pid) }
 
     public func encoded() -> [UInt8] {
-        var writer = ByteWriter(capacity: Self.encodedSize)
-        writer.header(.nodeInfo, session: 0)
-        writer.u64(nid.rawValue)
-        writer.u32(pid)
-        writer.u32(0)
-        writer.u64(startedNanoseconds)
-        return writer.bytes
+        return ByteWriter.bytes(count: Self.encodedSize) { writer in
+            writer.header(.nodeInfo, session: 0)
+            writer.write(nid.rawValue as UInt64)
+            writer.write(pid as UInt32)
+            writer.write(0 as UInt32)
+            writer.write(startedNanoseconds as UInt64)
+        }
     }
 
     public init(decoding bytes: [UInt8]) throws(SelftestWireError) {
-        var reader = ByteReader(bytes)
-        _ = try reader.header(expecting: [.nodeInfo])
-        let nid = NID(rawValue: try reader.u64())
-        let pid = try reader.u32()
-        _ = try reader.u32()
-        self.init(nid: nid, pid: pid, startedNanoseconds: try reader.u64())
+        self = try SelftestReader.withReader(bytes) { reader throws(SelftestWireError) -> Self in
+            _ = try reader.header(expecting: [.nodeInfo])
+            let nid = NID(rawValue: try reader.read(UInt64.self))
+            let pid = try reader.read(UInt32.self)
+            _ = try reader.read(UInt32.self)
+            return Self(nid: nid, pid: pid, startedNanoseconds: try reader.read(UInt64.self))
+        }
     }
 }

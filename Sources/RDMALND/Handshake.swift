@@ -1,3 +1,4 @@
+import LNet
 /// The connection handshake, carried in rdma_cm private data (connect: at most 56 bytes; accept: 196; reject: 148).
 ///
 /// ```
@@ -40,7 +41,7 @@ public struct ConnectionLimits: Sendable, Hashable, CustomStringConvertible {
         writer.write(maxMessageSize)
     }
 
-    static func decode(from reader: inout ByteReader) throws(WireError) -> ConnectionLimits {
+    static func decode(from reader: inout WireReader) throws(WireError) -> ConnectionLimits {
         ConnectionLimits(queueDepth: try reader.read(), maxFragments: try reader.read(), maxMessageSize: try reader.read())
     }
 }
@@ -107,7 +108,7 @@ public struct ConnectRequest: Sendable, Hashable {
 
     /// Decodes a request; a wrong magic or short data is `WireError`, another version decodes with `version` set.
     public static func decode(_ bytes: [UInt8]) throws(WireError) -> ConnectRequest {
-        try ByteReader.withReader(bytes) { reader throws(WireError) in
+        try WireReader.withReader(bytes) { reader throws(WireError) in
             let magic = try reader.read(UInt32.self)
             guard magic == Handshake.magic else { throw WireError.badMagic(magic) }
             let version = try reader.read(UInt16.self)
@@ -153,7 +154,7 @@ public struct ConnectAccept: Sendable, Hashable {
     }
 
     public static func decode(_ bytes: [UInt8]) throws(WireError) -> ConnectAccept {
-        try ByteReader.withReader(bytes) { reader throws(WireError) in
+        try WireReader.withReader(bytes) { reader throws(WireError) in
             let magic = try reader.read(UInt32.self)
             guard magic == Handshake.magic else { throw WireError.badMagic(magic) }
             let version = try reader.read(UInt16.self)
@@ -197,7 +198,7 @@ public struct ConnectReject: Sendable, Hashable {
     /// Decodes a reject; nil when the private data is not ours (e.g. a reject by the CM itself, no listener).
     public static func decode(_ bytes: [UInt8]) -> ConnectReject? {
         bytes.withUnsafeBytes { raw -> ConnectReject? in
-            var reader = ByteReader(raw)
+            var reader = WireReader(raw)
             guard (try? reader.read(UInt32.self)) == Handshake.magic,
                   (try? reader.read(UInt16.self)) != nil,
                   let rawReason = try? reader.read(UInt8.self), let reason = RejectReason(rawValue: rawReason),

@@ -158,7 +158,7 @@ public struct RDMADescriptor: Sendable, Hashable {
         }
     }
 
-    static func decode(from reader: inout ByteReader, maxFragments: Int) throws(WireError) -> RDMADescriptor {
+    static func decode(from reader: inout WireReader, maxFragments: Int) throws(WireError) -> RDMADescriptor {
         let count = Int(try reader.read(UInt16.self))
         _ = try reader.read(UInt16.self)
         _ = try reader.read(UInt32.self)
@@ -306,7 +306,7 @@ extension WireMessage {
 
     /// Decodes and validates a received message of `received` bytes. Never traps on bad input.
     public static func decode(_ buffer: UnsafeRawBufferPointer, maxFragments: Int) throws(WireError) -> WireMessage {
-        var reader = ByteReader(buffer)
+        var reader = WireReader(buffer)
         let magic = try reader.read(UInt32.self)
         guard magic == WireFormat.magic else { throw WireError.badMagic(magic) }
         let version = try reader.read(UInt16.self)
@@ -331,7 +331,7 @@ extension WireMessage {
             if computed == 0 { computed = 1 }
             guard computed == checksum else { throw WireError.badChecksum(expected: checksum, computed: computed) }
         }
-        reader = ByteReader(message)
+        reader = WireReader(message)
         _ = try reader.bytes(WireFormat.headerSize)
         let body: WireBody
         switch type {
