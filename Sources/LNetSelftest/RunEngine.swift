@@ -1,4 +1,3 @@
-import Dispatch
 import LNet
 import Logging
 import Synchronization
@@ -372,7 +371,7 @@ final class RunEngine: Sendable {
             issue(index)
         } else {
             // Failures can complete synchronously inside put/get: issue the next one from elsewhere, not recursively.
-            DispatchQueue.global().async { [self] in issue(index) }
+            Task { [self] in issue(index) }
         }
     }
 

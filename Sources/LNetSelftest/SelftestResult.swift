@@ -1,4 +1,3 @@
-import Dispatch
 import LNet
 import Logging
 import Synchronization
