@@ -174,11 +174,15 @@ import Testing
             // Scheduled in reverse deadline order: the timer must re-arm for each earlier one.
             tokens.append(timer.schedule(at: base + .milliseconds(300 - index)) { fired.append(index) })
         }
-        for index in stride(from: 0, to: 300, by: 2) { #expect(timer.cancel(tokens[index])) }
-        #expect(timer.pendingCount == 150)
-        #expect(await eventually { fired.count == 150 })
-        #expect(fired.items == Array(stride(from: 299, through: 1, by: -2)))
-        #expect(timer.pendingCount == 0 && timer.firedCount == 150)
+        // However slow the machine (an entry may fire before its cancel comes): an entry whose cancel succeeded
+        // never fires, every other entry fires once, and they fire in deadline order.
+        var cancelled = Set<Int>()
+        for index in stride(from: 0, to: 300, by: 2) where timer.cancel(tokens[index]) { cancelled.insert(index) }
+        #expect(!cancelled.isEmpty)
+        let expected = (0..<300).reversed().filter { !cancelled.contains($0) }
+        #expect(await eventually { fired.count == expected.count })
+        #expect(fired.items == expected)
+        #expect(timer.pendingCount == 0 && timer.firedCount == expected.count)
         #expect(!timer.cancel(tokens[1])) // already fired
         // An earlier deadline scheduled after a later one re-arms the timer: it fires on time, not with the later.
         let late = timer.schedule(at: .now + .seconds(30)) { fired.append(-1) }
