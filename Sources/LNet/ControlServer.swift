@@ -14,7 +14,12 @@ import Synchronization
 /// Why the control socket could not be served or asked.
 public struct LNetControlError: Error, Sendable, Equatable, CustomStringConvertible {
     public var message: String
-    public init(_ message: String) { self.message = message }
+    /// The error underneath, when there is one (the failed system call of a thread that could not start).
+    public var cause: LNetError.Cause?
+    public init(_ message: String, cause: (any Error)? = nil) {
+        self.message = message
+        self.cause = cause.map(LNetError.Cause.init)
+    }
     public var description: String { message }
 }
 
@@ -114,13 +119,13 @@ public final class LNetControlServer: Sendable {
         } catch {
             UnixSocket.close(listener)
             unlink(path)
-            throw LNetControlError("cannot make the control server's thread: \(error)")
+            throw LNetControlError("cannot make the control server's thread: \(error)", cause: error)
         }
         do throws(LNetError) {
             try thread.start { [self] thread in serve(thread) }
         } catch {
             closeEverything()
-            throw LNetControlError("cannot start the control server's thread: \(error)")
+            throw LNetControlError("cannot start the control server's thread: \(error)", cause: error)
         }
         logger.info("control socket listening", metadata: ["path": "\(path)"])
     }

@@ -9,7 +9,7 @@ import LNet
 /// header (48 bytes)
 ///   0  u32 magic            0x3144_4E4C ("LND1")
 ///   4  u16 version          2
-///   6  u8  type             MessageType
+///   6  u8  type             WireMessageType
 ///   7  u8  credits          receive buffers the sender re-posted for us since its last message
 ///   8  u32 length           bytes in the whole message, header included
 ///  12  u32 checksum         CRC-32C of the whole message with this field zero; 0 when checksums are off
@@ -67,8 +67,12 @@ public enum WireFormat {
     }
 }
 
+/// The old name of ``WireMessageType`` (it read as LNet's message type, `LNetMessageType`).
+@available(*, deprecated, renamed: "WireMessageType")
+public typealias MessageType = WireMessageType
+
 /// The message types of wire version 2.
-public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+public enum WireMessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case noop = 1, immediate, putRequest, putAck, putNak, putDone, getRequest, pull, getDone, reply
 
     /// Control messages are handled by the connection itself and never reach LNet's parse.
@@ -178,7 +182,7 @@ public struct RDMADescriptor: Sendable, Hashable {
 
 /// The fixed header of every message.
 public struct WireHeader: Sendable, Hashable {
-    public var type: MessageType
+    public var type: WireMessageType
     public var credits: UInt8
     public var length: Int
     public var source: UInt64
@@ -200,7 +204,7 @@ public enum WireBody: Sendable, Hashable {
     case getDone(cookie: UInt64, status: Int32, length: UInt32)
     case reply(cookie: UInt64, status: Int32, payloadOffset: Int, payloadLength: Int)
 
-    public var type: MessageType {
+    public var type: WireMessageType {
         switch self {
         case .noop: .noop
         case .immediate: .immediate
@@ -312,7 +316,7 @@ extension WireMessage {
         let version = try reader.read(UInt16.self)
         guard version == WireFormat.version else { throw WireError.badVersion(version) }
         let rawType = try reader.read(UInt8.self)
-        guard let type = MessageType(rawValue: rawType) else { throw WireError.badType(rawType) }
+        guard let type = WireMessageType(rawValue: rawType) else { throw WireError.badType(rawType) }
         let credits = try reader.read(UInt8.self)
         let length = Int(try reader.read(UInt32.self))
         guard length >= WireFormat.headerSize, length <= buffer.count else {

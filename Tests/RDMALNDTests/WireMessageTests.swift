@@ -75,7 +75,7 @@ import Testing
     }
 
     @Test func controlMessagesAreTheOnesThatSkipLNet() {
-        #expect(MessageType.allCases.filter(\.isControl) == [.noop, .putAck, .putNak, .putDone, .pull, .getDone, .reply])
+        #expect(WireMessageType.allCases.filter(\.isControl) == [.noop, .putAck, .putNak, .putDone, .pull, .getDone, .reply])
     }
 
     /// Encodes a valid GET_REQ, lets `damage` break it, and returns what decoding says.
