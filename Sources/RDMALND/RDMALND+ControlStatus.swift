@@ -12,8 +12,28 @@ extension RDMALND: LNetLNDStatusReporting {
         properties["scheduler_cpus"] = cpus.map { $0.map(String.init).joined(separator: ",") }.joined(separator: " ")
         for tunable in tunables.report(environment: [:]) { properties[tunable.variable] = tunable.value }
 
-        var metrics: [LNDMetric] = []
         let connections = self.connections
+        let metrics = Self.metrics(connections: connections, counters: counters, cache: registrationStatistics)
+        let reported = connections.sorted { ($0.peer, $0.role) < ($1.peer, $1.role) }.map { info in
+            var details = ["scheduler": info.scheduler]
+            if let mtu = info.pathMTU { details["path_mtu"] = mtu }
+            if let ackTimeout = info.ackTimeout { details["ack_timeout"] = ackTimeout }
+            if let retryCount = info.retryCount { details["retry_count"] = retryCount }
+            return LNDConnectionStatus(
+                peer: info.peer.description, state: info.phase, role: info.role, queueDepth: info.queueDepth, credits: info.credits,
+                creditsOwed: info.creditsOwed, waiting: info.waiting, queuedControl: info.queuedControl, queuedEager: info.queuedEager,
+                queuedRequests: info.queuedRequests, queuedRdma: info.queuedRDMA, posted: info.posted,
+                transactions: info.transactions, transactionsInitiated: info.transactionsInitiated,
+                msSinceReceive: Int(info.sinceReceive.inMilliseconds),
+                msSinceSend: Int(info.sinceSend.inMilliseconds),
+                details: details)
+        }
+        return LNDStatus(properties: properties, metrics: metrics, connections: reported)
+    }
+
+    /// The metrics: the connections gauge, then the LND's counters and the registration cache's figures (each when known).
+    static func metrics(connections: [LNDConnectionInfo], counters: LNDCountersSnapshot?, cache: RegistrationCacheStatistics?) -> [LNDMetric] {
+        var metrics: [LNDMetric] = []
         metrics.append(LNDMetric("connections", .gauge, connections.filter { $0.phase == "established" }.count,
                                  help: "Connections established now."))
         if let counters {
@@ -37,7 +57,7 @@ extension RDMALND: LNetLNDStatusReporting {
                                          labels: ["kind": kind]))
             }
         }
-        if let cache = registrationStatistics {
+        if let cache {
             metrics += [
                 LNDMetric("registration_cache_hits", .counter, cache.hits, help: "Registration cache lookups answered by a cached registration."),
                 LNDMetric("registration_cache_misses", .counter, cache.misses, help: "Registration cache lookups that had to register."),
@@ -54,20 +74,6 @@ extension RDMALND: LNetLNDStatusReporting {
                 LNDMetric("registration_cache_capacity_bytes", .gauge, cache.capacity, help: "Bytes the cache may keep registered."),
             ]
         }
-        let reported = connections.sorted { ($0.peer, $0.role) < ($1.peer, $1.role) }.map { info in
-            var details = ["scheduler": info.scheduler]
-            if let mtu = info.pathMTU { details["path_mtu"] = mtu }
-            if let ackTimeout = info.ackTimeout { details["ack_timeout"] = ackTimeout }
-            if let retryCount = info.retryCount { details["retry_count"] = retryCount }
-            return LNDConnectionStatus(
-                peer: info.peer.description, state: info.phase, role: info.role, queueDepth: info.queueDepth, credits: info.credits,
-                creditsOwed: info.creditsOwed, waiting: info.waiting, queuedControl: info.queuedControl, queuedEager: info.queuedEager,
-                queuedRequests: info.queuedRequests, queuedRdma: info.queuedRDMA, posted: info.posted,
-                transactions: info.transactions, transactionsInitiated: info.transactionsInitiated,
-                msSinceReceive: Int(info.sinceReceive.inMilliseconds),
-                msSinceSend: Int(info.sinceSend.inMilliseconds),
-                details: details)
-        }
-        return LNDStatus(properties: properties, metrics: metrics, connections: reported)
+        return metrics
     }
 }
