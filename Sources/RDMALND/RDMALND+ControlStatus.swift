@@ -33,47 +33,51 @@ extension RDMALND: LNetLNDStatusReporting {
 
     /// The metrics: the connections gauge, then the LND's counters and the registration cache's figures (each when known).
     static func metrics(connections: [LNDConnectionInfo], counters: LNDCountersSnapshot?, cache: RegistrationCacheStatistics?) -> [LNDMetric] {
-        var metrics: [LNDMetric] = []
-        metrics.append(LNDMetric("connections", .gauge, connections.filter { $0.phase == "established" }.count,
-                                 help: "Connections established now."))
+        var metrics = [LNDMetric("connections", .gauge, connections.filter { $0.phase == "established" }.count, help: "Connections established now.")]
         if let counters {
-            metrics += [
-                LNDMetric("connections_established", .counter, counters.connectionsEstablished, help: "Connections established."),
-                LNDMetric("connections_closed", .counter, counters.connectionsClosed, help: "Established connections that closed."),
-                LNDMetric("connect_attempts_failed", .counter, counters.connectAttemptsFailed,
-                          help: "Connection attempts (ours or a peer's) that ended before the connection was established."),
-                LNDMetric("reconnects", .counter, counters.reconnects, help: "Connection attempts retried with the limits a peer's reject asked for."),
-                LNDMetric("rejects_sent", .counter, counters.rejectsSent, help: "Connection requests this side rejected."),
-                LNDMetric("timeouts", .counter, counters.timeouts, help: "Connections closed because a message or transaction outlived LND_TIMEOUT."),
-                LNDMetric("protocol_errors", .counter, counters.protocolErrors, help: "Connections closed for breaking the protocol."),
-                LNDMetric("rdma_reads", .counter, counters.rdmaReads, help: "RDMA READs posted."),
-                LNDMetric("rdma_writes", .counter, counters.rdmaWrites, help: "RDMA WRITEs posted."),
-                LNDMetric("noops", .counter, counters.noops, help: "NOOPs sent (credit returns and keepalives)."),
-                LNDMetric("registrations_offloaded", .counter, counters.registrationsOffloaded,
-                          help: "Registrations made on the registration thread instead of a scheduler thread (LND_REGISTRATION_OFFLOAD)."),
-            ]
+            metrics += counterMetrics.map { LNDMetric($0.name, .counter, counters[keyPath: $0.figure], help: $0.help) }
             for (kind, count) in counters.protocolErrorsByKind.sorted(by: { $0.key < $1.key }) {
                 metrics.append(LNDMetric("protocol_errors_by_kind", .counter, count, help: "Connections closed for a protocol violation, by kind.",
                                          labels: ["kind": kind]))
             }
         }
         if let cache {
-            metrics += [
-                LNDMetric("registration_cache_hits", .counter, cache.hits, help: "Registration cache lookups answered by a cached registration."),
-                LNDMetric("registration_cache_misses", .counter, cache.misses, help: "Registration cache lookups that had to register."),
-                LNDMetric("registration_cache_evictions", .counter, cache.evictions, help: "Cached registrations dropped to make room."),
-                LNDMetric("registration_reclaims", .counter, cache.reclaims,
-                          help: "Registrations the memlock limit refused that went through once idle cached registrations were dropped."),
-                LNDMetric("registrations_uncached", .counter, cache.uncachedRegistrations, help: "Registrations made outside the cache."),
-                LNDMetric("remote_grants", .counter, cache.remoteGrants, help: "Remote-access registrations made for transfers."),
-                LNDMetric("registered_bytes", .counter, cache.bytesRegistered,
-                          help: "Bytes registered: cached, uncached and remote grants."),
-                LNDMetric("registration_cache_entries", .gauge, cache.entries, help: "Registrations the cache holds now."),
-                LNDMetric("registration_cache_entries_in_use", .gauge, cache.entriesInUse, help: "Cached registrations a transfer is using now."),
-                LNDMetric("registration_cache_bytes", .gauge, cache.cachedBytes, help: "Bytes the cache holds registered now."),
-                LNDMetric("registration_cache_capacity_bytes", .gauge, cache.capacity, help: "Bytes the cache may keep registered."),
-            ]
+            metrics += cacheMetrics.map { LNDMetric($0.name, $0.kind, cache[keyPath: $0.figure], help: $0.help) }
         }
         return metrics
     }
+
+    /// The LND's counters, in the order they are reported: the metric's name, the figure, its help.
+    static let counterMetrics: [(name: String, figure: KeyPath<LNDCountersSnapshot, Int> & Sendable, help: String)] = [
+        ("connections_established", \.connectionsEstablished, "Connections established."),
+        ("connections_closed", \.connectionsClosed, "Established connections that closed."),
+        ("connect_attempts_failed", \.connectAttemptsFailed,
+         "Connection attempts (ours or a peer's) that ended before the connection was established."),
+        ("reconnects", \.reconnects, "Connection attempts retried with the limits a peer's reject asked for."),
+        ("rejects_sent", \.rejectsSent, "Connection requests this side rejected."),
+        ("timeouts", \.timeouts, "Connections closed because a message or transaction outlived LND_TIMEOUT."),
+        ("protocol_errors", \.protocolErrors, "Connections closed for breaking the protocol."),
+        ("rdma_reads", \.rdmaReads, "RDMA READs posted."),
+        ("rdma_writes", \.rdmaWrites, "RDMA WRITEs posted."),
+        ("noops", \.noops, "NOOPs sent (credit returns and keepalives)."),
+        ("registrations_offloaded", \.registrationsOffloaded,
+         "Registrations made on the registration thread instead of a scheduler thread (LND_REGISTRATION_OFFLOAD)."),
+    ]
+
+    /// The registration cache's figures, in the order they are reported: the metric's name, counter or gauge, the
+    /// figure, its help.
+    static let cacheMetrics: [(name: String, kind: LNDMetric.Kind, figure: KeyPath<RegistrationCacheStatistics, Int> & Sendable, help: String)] = [
+        ("registration_cache_hits", .counter, \.hits, "Registration cache lookups answered by a cached registration."),
+        ("registration_cache_misses", .counter, \.misses, "Registration cache lookups that had to register."),
+        ("registration_cache_evictions", .counter, \.evictions, "Cached registrations dropped to make room."),
+        ("registration_reclaims", .counter, \.reclaims,
+         "Registrations the memlock limit refused that went through once idle cached registrations were dropped."),
+        ("registrations_uncached", .counter, \.uncachedRegistrations, "Registrations made outside the cache."),
+        ("remote_grants", .counter, \.remoteGrants, "Remote-access registrations made for transfers."),
+        ("registered_bytes", .counter, \.bytesRegistered, "Bytes registered: cached, uncached and remote grants."),
+        ("registration_cache_entries", .gauge, \.entries, "Registrations the cache holds now."),
+        ("registration_cache_entries_in_use", .gauge, \.entriesInUse, "Cached registrations a transfer is using now."),
+        ("registration_cache_bytes", .gauge, \.cachedBytes, "Bytes the cache holds registered now."),
+        ("registration_cache_capacity_bytes", .gauge, \.capacity, "Bytes the cache may keep registered."),
+    ]
 }
