@@ -91,32 +91,26 @@ public struct LNetTrafficStatus: Codable, Sendable, Equatable {
     public var droppedBytes: Int
     public var errors: Int
 
-    public init(_ set: LNetCounterSet) {
-        messagesSent = set.messagesSent
-        bytesSent = set.bytesSent
-        messagesReceived = set.messagesReceived
-        bytesReceived = set.bytesReceived
-        drops = set.drops
-        droppedBytes = set.droppedBytes
-        errors = set.errors
-    }
+    /// Every count, in declaration order (what ``subtracting(_:)`` walks).
+    static let counts: [WritableKeyPath<LNetTrafficStatus, Int> & Sendable] = [
+        \.messagesSent, \.bytesSent, \.messagesReceived, \.bytesReceived, \.drops, \.droppedBytes, \.errors,
+    ]
 
     /// These counts less `baseline`'s (not below zero).
     public func subtracting(_ baseline: LNetTrafficStatus) -> LNetTrafficStatus {
-        var set = LNetCounterSet()
-        set.messagesSent = max(0, messagesSent - baseline.messagesSent)
-        set.bytesSent = max(0, bytesSent - baseline.bytesSent)
-        set.messagesReceived = max(0, messagesReceived - baseline.messagesReceived)
-        set.bytesReceived = max(0, bytesReceived - baseline.bytesReceived)
-        set.drops = max(0, drops - baseline.drops)
-        set.droppedBytes = max(0, droppedBytes - baseline.droppedBytes)
-        set.errors = max(0, errors - baseline.errors)
-        return LNetTrafficStatus(set)
+        countsSince(baseline, self, Self.counts)
     }
 
     enum CodingKeys: String, CodingKey {
         case messagesSent = "messages_sent", bytesSent = "bytes_sent", messagesReceived = "messages_received"
         case bytesReceived = "bytes_received", drops, droppedBytes = "dropped_bytes", errors
+    }
+}
+
+extension LNetTrafficStatus {
+    public init(_ set: LNetCounterSet) {
+        self.init(messagesSent: set.messagesSent, bytesSent: set.bytesSent, messagesReceived: set.messagesReceived,
+                  bytesReceived: set.bytesReceived, drops: set.drops, droppedBytes: set.droppedBytes, errors: set.errors)
     }
 }
 
@@ -127,20 +121,37 @@ public struct LNetTypeCountStatus: Codable, Sendable, Equatable {
     public var ack: Int
     public var reply: Int
 
-    public init(_ counts: LNetMessageTypeCounts) {
-        put = counts.put
-        get = counts.get
-        ack = counts.ack
-        reply = counts.reply
-    }
+    /// Each type's name (its JSON key, and its label in `stats show` and Prometheus) and count, in declaration
+    /// order (what ``byType`` and ``subtracting(_:)`` walk).
+    static let types: [(name: String, count: WritableKeyPath<LNetTypeCountStatus, Int> & Sendable)] = [
+        ("put", \.put), ("get", \.get), ("ack", \.ack), ("reply", \.reply),
+    ]
 
     public var total: Int { put + get + ack + reply }
 
+    /// The counts by type name (`put`, `get`, `ack`, `reply`), in that order.
+    package var byType: [(type: String, count: Int)] { Self.types.map { ($0.name, self[keyPath: $0.count]) } }
+
     public func subtracting(_ baseline: LNetTypeCountStatus) -> LNetTypeCountStatus {
-        LNetTypeCountStatus(LNetMessageTypeCounts(put: max(0, put - baseline.put), get: max(0, get - baseline.get),
-                                                  ack: max(0, ack - baseline.ack), reply: max(0, reply - baseline.reply)))
+        countsSince(baseline, self, Self.types.map(\.count))
     }
 }
+
+extension LNetTypeCountStatus {
+    public init(_ counts: LNetMessageTypeCounts) {
+        self.init(put: counts.put, get: counts.get, ack: counts.ack, reply: counts.reply)
+    }
+}
+
+/// `value` less `baseline` at each of `counts`, not below zero: what a counter counted since `stats reset`.
+func countsSince<Status>(_ baseline: Status, _ value: Status, _ counts: [WritableKeyPath<Status, Int> & Sendable]) -> Status {
+    var result = value
+    for count in counts { result[keyPath: count] = countSince(baseline[keyPath: count], value[keyPath: count]) }
+    return result
+}
+
+/// `value` less `baseline`, not below zero.
+func countSince(_ baseline: Int, _ value: Int) -> Int { max(0, value - baseline) }
 
 /// LNet's exactly-once accounting for one interface (``LNetInterfaceCounters``). Never reset.
 public struct LNetAccountingStatus: Codable, Sendable, Equatable {
@@ -323,7 +334,7 @@ extension LNetNodeStatus {
                 lnd.metrics = lnd.metrics.map { metric in
                     guard metric.kind == .counter, let before = previous[metric.key] else { return metric }
                     var metric = metric
-                    metric.value = max(0, metric.value - before)
+                    metric.value = countSince(before, metric.value)
                     return metric
                 }
                 ni.lndStatus = lnd

@@ -71,6 +71,18 @@ enum PrometheusExposition {
         String(name.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") ? $0 : "_" })
     }
 
+    /// LNet's traffic series, in the order they are printed: the count, the name (`lnet_<name>_total` for an
+    /// interface, `lnet_peer_<name>_total` for a peer), the help for an interface and for a peer (nil: no peer series).
+    static let traffic: [(count: KeyPath<LNetTrafficStatus, Int> & Sendable, name: String, help: String, peerHelp: String?)] = [
+        (\.messagesSent, "messages_sent", "Messages sent and finalized ok.", "Messages sent to the peer and finalized ok."),
+        (\.bytesSent, "bytes_sent", "Payload bytes of messages sent.", "Payload bytes sent to the peer."),
+        (\.messagesReceived, "messages_received", "Messages received and finalized ok.", "Messages received from the peer and finalized ok."),
+        (\.bytesReceived, "bytes_received", "Payload bytes of messages received.", "Payload bytes received from the peer."),
+        (\.drops, "drops", "Incoming messages dropped (no match, too large, bad destination, shutdown).", "Messages from the peer dropped."),
+        (\.droppedBytes, "dropped_bytes", "Payload bytes of incoming messages dropped.", nil),
+        (\.errors, "errors", "Messages finalized with a failure status.", "Messages with the peer finalized with a failure status."),
+    ]
+
     static func render(_ status: LNetNodeStatus) -> String {
         var b = Builder()
         b.gauge("lnet_control_uptime_seconds", "Seconds since the node's control socket started.", [], seconds: status.uptimeSeconds)
@@ -80,19 +92,11 @@ enum PrometheusExposition {
         for ni in status.interfaces {
             let n = [("ni", ni.nid)]
             b.gauge("lnet_interface_up", "1 while the interface is up.", n + [("lnd", ni.lnd)], ni.state == "up" ? 1 : 0)
-            let t = ni.traffic
-            b.counter("lnet_messages_sent_total", "Messages sent and finalized ok.", n, t.messagesSent)
-            b.counter("lnet_bytes_sent_total", "Payload bytes of messages sent.", n, t.bytesSent)
-            b.counter("lnet_messages_received_total", "Messages received and finalized ok.", n, t.messagesReceived)
-            b.counter("lnet_bytes_received_total", "Payload bytes of messages received.", n, t.bytesReceived)
-            b.counter("lnet_drops_total", "Incoming messages dropped (no match, too large, bad destination, shutdown).", n, t.drops)
-            b.counter("lnet_dropped_bytes_total", "Payload bytes of incoming messages dropped.", n, t.droppedBytes)
-            b.counter("lnet_errors_total", "Messages finalized with a failure status.", n, t.errors)
-            for (type, count) in [("put", ni.sentByType.put), ("get", ni.sentByType.get), ("ack", ni.sentByType.ack), ("reply", ni.sentByType.reply)] {
+            for series in traffic { b.counter("lnet_\(series.name)_total", series.help, n, ni.traffic[keyPath: series.count]) }
+            for (type, count) in ni.sentByType.byType {
                 b.counter("lnet_messages_sent_by_type_total", "Outgoing messages handed to the LND, by type.", n + [("type", type)], count)
             }
-            let received = ni.receivedByType
-            for (type, count) in [("put", received.put), ("get", received.get), ("ack", received.ack), ("reply", received.reply)] {
+            for (type, count) in ni.receivedByType.byType {
                 b.counter("lnet_messages_received_by_type_total", "Incoming messages the LND delivered, by type.", n + [("type", type)], count)
             }
             let a = ni.accounting
@@ -105,13 +109,9 @@ enum PrometheusExposition {
             b.gauge("lnet_messages_exactly_once", "1 while handed = finalized ok + error + pending and nothing was finalized twice or left.", n, a.exactlyOnce ? 1 : 0)
             for peer in ni.peers {
                 let p = n + [("peer", peer.nid)]
-                let t = peer.traffic
-                b.counter("lnet_peer_messages_sent_total", "Messages sent to the peer and finalized ok.", p, t.messagesSent)
-                b.counter("lnet_peer_bytes_sent_total", "Payload bytes sent to the peer.", p, t.bytesSent)
-                b.counter("lnet_peer_messages_received_total", "Messages received from the peer and finalized ok.", p, t.messagesReceived)
-                b.counter("lnet_peer_bytes_received_total", "Payload bytes received from the peer.", p, t.bytesReceived)
-                b.counter("lnet_peer_drops_total", "Messages from the peer dropped.", p, t.drops)
-                b.counter("lnet_peer_errors_total", "Messages with the peer finalized with a failure status.", p, t.errors)
+                for series in traffic {
+                    if let help = series.peerHelp { b.counter("lnet_peer_\(series.name)_total", help, p, peer.traffic[keyPath: series.count]) }
+                }
                 for connection in peer.connections {
                     let c = p + [("role", connection.role ?? "")]
                     b.gauge("lnet_connection_up", "1 while the connection is established.", c, connection.state == "established" ? 1 : 0)

@@ -294,7 +294,7 @@ struct StatsShowCommand: AsyncParsableCommand {
     static func text(_ status: LNetNodeStatus) -> String {
         let since = status.secondsSinceReset.map { "since stats reset \(format($0, 1)) s ago" } ?? "since start-up"
         var lines = ["statistics:  # \(since)"]
-        func types(_ t: LNetTypeCountStatus) -> String { "\(t.total) (put \(t.put), get \(t.get), ack \(t.ack), reply \(t.reply))" }
+        func types(_ t: LNetTypeCountStatus) -> String { "\(t.total) (" + t.byType.map { "\($0.type) \($0.count)" }.joined(separator: ", ") + ")" }
         for ni in status.interfaces {
             let t = ni.traffic
             let a = ni.accounting
