@@ -67,3 +67,28 @@ func micros(_ duration: Duration) -> Double { duration.inSeconds * 1e6 }
 func format(_ value: Double, _ decimals: Int = 1) -> String {
     String(format: "%.\(decimals)f", value)
 }
+
+/// `--json`, as every command that prints but `serve` takes it (`@OptionGroup var outputFormat: JSONOption`).
+struct JSONOption: ParsableArguments {
+    @Flag(name: .long, help: "Print one JSON object.") var json = false
+}
+
+/// A command that prints text or, with --json, one JSON object, and reports a failure the same way
+/// (``runReporting(_:json:_:)``): it writes ``report(on:)``, and `run()` is written once here.
+protocol ReportingCommand: AsyncParsableCommand {
+    var outputFormat: JSONOption { get }
+    /// The name a failure is reported under: the command's name unless it says otherwise (`net show`).
+    static var reportName: String { get }
+    func report(on console: Console) async throws
+}
+
+extension ReportingCommand {
+    static var reportName: String { configuration.commandName ?? "lnetctl" }
+
+    /// --json was given.
+    var json: Bool { outputFormat.json }
+
+    func run() async throws {
+        try await runReporting(Self.reportName, json: json) { console in try await report(on: console) }
+    }
+}

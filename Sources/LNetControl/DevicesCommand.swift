@@ -3,37 +3,34 @@ import LNetSelftest
 import Verbs
 
 /// `lnetctl devices`: the verbs devices, their ports and GID tables.
-struct DevicesCommand: AsyncParsableCommand {
+struct DevicesCommand: ReportingCommand {
     static let configuration = CommandConfiguration(
         commandName: "devices",
         abstract: "List RDMA devices with their ports, states, MTUs and GIDs (IPv4-mapped GIDs name the NIDs they carry).")
 
-    @Flag(name: .long, help: "Print one JSON object.")
-    var json = false
+    @OptionGroup var outputFormat: JSONOption
 
-    func run() async throws {
-        try await runReporting("devices", json: json) { console in
-            let devices: [DeviceInfo]
-            do { devices = try Devices.list() } catch { throw CommandFailure("cannot list RDMA devices: \(error)") }
-            if json {
-                console.emit(.object(["devices": .array(devices.map(Self.json))]))
-                return
-            }
-            guard !devices.isEmpty else {
-                console.out("no RDMA devices (run inside scripts/softroce-vm.sh for a SoftRoCE device)")
-                return
-            }
-            for device in devices {
-                console.out("\(device.name)  guid \(device.guid)  ports \(device.ports.count)  "
-                            + "max_qp_wr \(device.limits.maxQueuePairWorkRequests)  max_sge \(device.limits.maxScatterGather)  "
-                            + "max_qp_rd_atom \(device.limits.maxResponderResources)")
-                for port in device.ports {
-                    console.out("  port \(port.number): \(port.state.rawValue)  \(port.linkLayer.rawValue)  "
-                                + "mtu \(port.activeMTU.map { String($0.rawValue) } ?? "?")/\(port.maxMTU.map { String($0.rawValue) } ?? "?")  lid \(port.lid)")
-                    for entry in port.gids {
-                        let nid = entry.gid.ipv4Address.map { "  (NID \($0)@o2ib)" } ?? ""
-                        console.out("    gid[\(entry.index)] \(entry.gid)\(nid)")
-                    }
+    func report(on console: Console) async throws {
+        let devices: [DeviceInfo]
+        do { devices = try Devices.list() } catch { throw CommandFailure("cannot list RDMA devices: \(error)") }
+        if json {
+            console.emit(.object(["devices": .array(devices.map(Self.json))]))
+            return
+        }
+        guard !devices.isEmpty else {
+            console.out("no RDMA devices (run inside scripts/softroce-vm.sh for a SoftRoCE device)")
+            return
+        }
+        for device in devices {
+            console.out("\(device.name)  guid \(device.guid)  ports \(device.ports.count)  "
+                        + "max_qp_wr \(device.limits.maxQueuePairWorkRequests)  max_sge \(device.limits.maxScatterGather)  "
+                        + "max_qp_rd_atom \(device.limits.maxResponderResources)")
+            for port in device.ports {
+                console.out("  port \(port.number): \(port.state.rawValue)  \(port.linkLayer.rawValue)  "
+                            + "mtu \(port.activeMTU.map { String($0.rawValue) } ?? "?")/\(port.maxMTU.map { String($0.rawValue) } ?? "?")  lid \(port.lid)")
+                for entry in port.gids {
+                    let nid = entry.gid.ipv4Address.map { "  (NID \($0)@o2ib)" } ?? ""
+                    console.out("    gid[\(entry.index)] \(entry.gid)\(nid)")
                 }
             }
         }

@@ -5,7 +5,7 @@ import LNetSelftest
 import RDMALND
 
 /// `lnetctl selftest`: a self-test session against a node running `lnetctl serve`.
-struct SelftestCommand: AsyncParsableCommand {
+struct SelftestCommand: ReportingCommand {
     static let configuration = CommandConfiguration(
         commandName: "selftest",
         abstract: "Run a self-test session (bulk reads, writes or pings) against a node running `lnetctl serve`.",
@@ -74,8 +74,7 @@ struct SelftestCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Write this process's pid to the file once the node is up (before --start-file is awaited); removed at exit.", valueName: "path"))
     var readyFile: String?
 
-    @Flag(name: .long, help: "Print one JSON object.")
-    var json = false
+    @OptionGroup var outputFormat: JSONOption
 
     func validate() throws {
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
@@ -88,190 +87,188 @@ struct SelftestCommand: AsyncParsableCommand {
         guard awaitSessions == 0 || serve else { throw ValidationError("--await-sessions needs --serve") }
     }
 
-    func run() async throws {
-        try await runReporting("selftest", json: json) { console in
-            let logger = try LogSetup.bootstrap(node.logLevel)
-            let target = try parseTarget(to)
-            var overrides: [String: String] = [:]
-            if let mode {
-                overrides["LND_GET_MODE"] = mode.rawValue
-                overrides["LND_PUT_MODE"] = mode.rawValue
+    func report(on console: Console) async throws {
+        let logger = try LogSetup.bootstrap(node.logLevel)
+        let target = try parseTarget(to)
+        var overrides: [String: String] = [:]
+        if let mode {
+            overrides["LND_GET_MODE"] = mode.rawValue
+            overrides["LND_PUT_MODE"] = mode.rawValue
+        }
+        let control = try ControlNode(options: node, logger: logger, overrides: overrides)
+        defer { control.shutdown() }
+        var localServer: SelftestServer?
+        if control.isLocal(target) || serve {
+            let tunables = control.tunables
+            // Serving other nodes: the server's usual memory bounds; only our own session may take what it asks.
+            var configuration = SelftestServer.Configuration(
+                getMode: tunables.map { AdvertisedBulkMode($0.getMode) } ?? .unknown,
+                putMode: tunables.map { AdvertisedBulkMode($0.putMode) } ?? .unknown)
+            if control.isLocal(target) {
+                configuration.maxSessionMemory = Int.max
+                configuration.maxTotalMemory = Int.max
             }
-            let control = try ControlNode(options: node, logger: logger, overrides: overrides)
-            defer { control.shutdown() }
-            var localServer: SelftestServer?
-            if control.isLocal(target) || serve {
-                let tunables = control.tunables
-                // Serving other nodes: the server's usual memory bounds; only our own session may take what it asks.
-                var configuration = SelftestServer.Configuration(
-                    getMode: tunables.map { AdvertisedBulkMode($0.getMode) } ?? .unknown,
-                    putMode: tunables.map { AdvertisedBulkMode($0.putMode) } ?? .unknown)
-                if control.isLocal(target) {
-                    configuration.maxSessionMemory = Int.max
-                    configuration.maxTotalMemory = Int.max
-                }
-                localServer = SelftestServer(lnet: control.lnet, nid: control.nid, configuration: configuration, logger: logger)
-                try localServer?.start()
-            }
-            defer { localServer?.stop() }
+            localServer = SelftestServer(lnet: control.lnet, nid: control.nid, configuration: configuration, logger: logger)
+            try localServer?.start()
+        }
+        defer { localServer?.stop() }
 
-            var configuration = SelftestConfiguration(
-                op: op, size: size.max, minSize: size.isRange ? size.min : nil, concurrency: concurrency,
-                count: count ?? (duration == nil ? 100 : nil), duration: duration?.duration, verify: verify,
-                operationTimeout: timeout.duration, maxErrors: maxErrors == 0 ? nil : maxErrors)
-            if let mode { configuration.requiredServerGetMode = AdvertisedBulkMode(mode) }
-            let showProgress = Console.stderrIsTerminal
-            if showProgress {
-                let total = configuration.count
-                configuration.progress = { progress in
-                    let seconds = progress.elapsed.inSeconds
-                    let rate = seconds > 0 ? Double(progress.bytes) / 1_048_576 / seconds : 0
-                    let done = total.map { "\(progress.attempted)/\($0)" } ?? "\(progress.attempted)"
-                    FileHandle.standardError.write(Data("\r\u{1B}[K  \(done) ops  \(format(rate)) MB/s  \(progress.failed) errors  \(format(seconds, 1)) s".utf8))
-                }
+        var configuration = SelftestConfiguration(
+            op: op, size: size.max, minSize: size.isRange ? size.min : nil, concurrency: concurrency,
+            count: count ?? (duration == nil ? 100 : nil), duration: duration?.duration, verify: verify,
+            operationTimeout: timeout.duration, maxErrors: maxErrors == 0 ? nil : maxErrors)
+        if let mode { configuration.requiredServerGetMode = AdvertisedBulkMode(mode) }
+        let showProgress = Console.stderrIsTerminal
+        if showProgress {
+            let total = configuration.count
+            configuration.progress = { progress in
+                let seconds = progress.elapsed.inSeconds
+                let rate = seconds > 0 ? Double(progress.bytes) / 1_048_576 / seconds : 0
+                let done = total.map { "\(progress.attempted)/\($0)" } ?? "\(progress.attempted)"
+                FileHandle.standardError.write(Data("\r\u{1B}[K  \(done) ops  \(format(rate)) MB/s  \(progress.failed) errors  \(format(seconds, 1)) s".utf8))
             }
-            if let readyFile {
-                do { try "\(getpid())\n".write(toFile: readyFile, atomically: true, encoding: .utf8) } catch {
-                    throw CommandFailure("cannot write --ready-file \(readyFile): \(error.localizedDescription)")
-                }
+        }
+        if let readyFile {
+            do { try "\(getpid())\n".write(toFile: readyFile, atomically: true, encoding: .utf8) } catch {
+                throw CommandFailure("cannot write --ready-file \(readyFile): \(error.localizedDescription)")
             }
-            if let startFile { try await waitForFile(startFile, timeout: timeout.duration) }
-            // Each round is its own session; a later round retries its set-up (e.g. while a restarted server comes
-            // back) until --timeout.
-            var results: [SelftestResult] = []
-            var setupFailure: String?
-            let client = SelftestClient(lnet: control.lnet, logger: logger)
-            for round in 1...rounds {
-                if round > 1, let roundFiles {
-                    let done = "\(roundFiles).done-\(round - 1)"
-                    guard FileManager.default.createFile(atPath: done, contents: nil) else {
-                        throw CommandFailure("cannot create \(done)")
+        }
+        if let startFile { try await waitForFile(startFile, timeout: timeout.duration) }
+        // Each round is its own session; a later round retries its set-up (e.g. while a restarted server comes
+        // back) until --timeout.
+        var results: [SelftestResult] = []
+        var setupFailure: String?
+        let client = SelftestClient(lnet: control.lnet, logger: logger)
+        for round in 1...rounds {
+            if round > 1, let roundFiles {
+                let done = "\(roundFiles).done-\(round - 1)"
+                guard FileManager.default.createFile(atPath: done, contents: nil) else {
+                    throw CommandFailure("cannot create \(done)")
+                }
+                try await waitForFile("\(roundFiles).go-\(round - 1)", timeout: timeout.duration)
+            }
+            let deadline = ContinuousClock.now + timeout.duration
+            while true {
+                do throws(SelftestError) {
+                    results.append(try await client.run(configuration, target: target))
+                    break
+                } catch {
+                    let retriable: Bool
+                    switch error {
+                    case .noServer, .controlFailed, .timeout, .lnet: retriable = round > 1
+                    default: retriable = false
                     }
-                    try await waitForFile("\(roundFiles).go-\(round - 1)", timeout: timeout.duration)
-                }
-                let deadline = ContinuousClock.now + timeout.duration
-                while true {
-                    do throws(SelftestError) {
-                        results.append(try await client.run(configuration, target: target))
-                        break
-                    } catch {
-                        let retriable: Bool
-                        switch error {
-                        case .noServer, .controlFailed, .timeout, .lnet: retriable = round > 1
-                        default: retriable = false
-                        }
-                        if retriable, ContinuousClock.now < deadline {
-                            logger.info("round \(round): session set-up failed, retrying", metadata: ["error": "\(error)"])
-                            try? await Task.sleep(for: .milliseconds(500))
-                            continue
-                        }
-                        setupFailure = "round \(round): \(error.description)"
-                        break
+                    if retriable, ContinuousClock.now < deadline {
+                        logger.info("round \(round): session set-up failed, retrying", metadata: ["error": "\(error)"])
+                        try? await Task.sleep(for: .milliseconds(500))
+                        continue
                     }
-                }
-                if setupFailure != nil { break }
-            }
-            if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
-            if let localServer, awaitSessions > 0 {
-                let deadline = ContinuousClock.now + timeout.duration
-                while ContinuousClock.now < deadline {
-                    let stats = localServer.statistics
-                    if stats.sessionsOpened >= awaitSessions && stats.sessionsActive == 0 { break }
-                    try await Task.sleep(for: .milliseconds(10))
+                    setupFailure = "round \(round): \(error.description)"
+                    break
                 }
             }
-            // The connections while every party is still up: with --await-sessions the other nodes are done too,
-            // and lingering a second lets them take theirs before this node disconnects.
-            let connections = control.lnd?.connections
-            if awaitSessions > 0 { try? await Task.sleep(for: .seconds(1)) }
-            let served = localServer?.statistics
-            localServer?.stop()
-            let report = control.shutdownAndReport(connections: connections)
-            if let readyFile { try? FileManager.default.removeItem(atPath: readyFile) }
-            guard let last = results.last else {
-                throw CommandFailure((setupFailure ?? "no session ran") + (report.accountingProblem.map { "; \($0)" } ?? ""))
+            if setupFailure != nil { break }
+        }
+        if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        if let localServer, awaitSessions > 0 {
+            let deadline = ContinuousClock.now + timeout.duration
+            while ContinuousClock.now < deadline {
+                let stats = localServer.statistics
+                if stats.sessionsOpened >= awaitSessions && stats.sessionsActive == 0 { break }
+                try await Task.sleep(for: .milliseconds(10))
             }
+        }
+        // The connections while every party is still up: with --await-sessions the other nodes are done too,
+        // and lingering a second lets them take theirs before this node disconnects.
+        let connections = control.lnd?.connections
+        if awaitSessions > 0 { try? await Task.sleep(for: .seconds(1)) }
+        let served = localServer?.statistics
+        localServer?.stop()
+        let report = control.shutdownAndReport(connections: connections)
+        if let readyFile { try? FileManager.default.removeItem(atPath: readyFile) }
+        guard let last = results.last else {
+            throw CommandFailure((setupFailure ?? "no session ran") + (report.accountingProblem.map { "; \($0)" } ?? ""))
+        }
 
-            // How the data moved: reads as the server's LND decides, writes as ours; pings are always eager.
-            let effectiveMode: String
-            switch op {
-            case .read:
-                let serverMode = last.ready?.getMode ?? .unknown
-                effectiveMode = serverMode != .unknown ? serverMode.rawValue : (localServer == nil ? "unknown" : control.tunables?.getMode.rawValue ?? "loopback")
-            case .write:
-                effectiveMode = control.tunables?.putMode.rawValue ?? "loopback"
-            case .ping:
-                effectiveMode = "eager"
-            }
-            let inProcess = localServer != nil && control.isLocal(target)
-            let servedCleanly = (served?.verificationFailures ?? 0) == 0
-            func roundPassed(_ result: SelftestResult) -> Bool {
-                result.attempted > 0 && result.failed == 0 && (!verify || result.verified) && result.teardownError == nil
-            }
-            let passed = results.count == rounds && results.allSatisfy(roundPassed) && report.finalizedExactlyOnce && servedCleanly
+        // How the data moved: reads as the server's LND decides, writes as ours; pings are always eager.
+        let effectiveMode: String
+        switch op {
+        case .read:
+            let serverMode = last.ready?.getMode ?? .unknown
+            effectiveMode = serverMode != .unknown ? serverMode.rawValue : (localServer == nil ? "unknown" : control.tunables?.getMode.rawValue ?? "loopback")
+        case .write:
+            effectiveMode = control.tunables?.putMode.rawValue ?? "loopback"
+        case .ping:
+            effectiveMode = "eager"
+        }
+        let inProcess = localServer != nil && control.isLocal(target)
+        let servedCleanly = (served?.verificationFailures ?? 0) == 0
+        func roundPassed(_ result: SelftestResult) -> Bool {
+            result.attempted > 0 && result.failed == 0 && (!verify || result.verified) && result.teardownError == nil
+        }
+        let passed = results.count == rounds && results.allSatisfy(roundPassed) && report.finalizedExactlyOnce && servedCleanly
 
-            var extra: [String: JSONValue] = [
-                "from": .string(control.processID.description),
-                "in_process_server": .bool(inProcess),
-                "lnet": report.lnetJSON,
-                "lnd": report.lndJSON,
-                "passed": .bool(passed),
-            ]
-            if serve, let served {
-                extra["served"] = .object([
-                    "sessions_opened": .int(served.sessionsOpened), "operations": .int(served.operationsServed),
-                    "bytes": .int(served.bytesServed), "verification_failures": .int(served.verificationFailures),
-                    "pings": .int(served.pingsServed),
-                ])
+        var extra: [String: JSONValue] = [
+            "from": .string(control.processID.description),
+            "in_process_server": .bool(inProcess),
+            "lnet": report.lnetJSON,
+            "lnd": report.lndJSON,
+            "passed": .bool(passed),
+        ]
+        if serve, let served {
+            extra["served"] = .object([
+                "sessions_opened": .int(served.sessionsOpened), "operations": .int(served.operationsServed),
+                "bytes": .int(served.bytesServed), "verification_failures": .int(served.verificationFailures),
+                "pings": .int(served.pingsServed),
+            ])
+        }
+        func cpuFigures(_ result: SelftestResult) -> [String: JSONValue] {
+            let gib = Double(result.bytes) / Double(1 << 30)
+            let clientCPU = Double(result.clientUsage.cpuNanoseconds) / 1e9
+            var figures: [String: JSONValue] = ["client_cpu_s_per_gib": gib > 0 ? .number(clientCPU / gib, decimals: 4) : .null]
+            if let closed = result.closed, !inProcess {
+                let serverCPU = Double(closed.serverCPUNanoseconds) / 1e9
+                figures["total_cpu_s_per_gib"] = gib > 0 ? .number((clientCPU + serverCPU) / gib, decimals: 4) : .null
             }
-            func cpuFigures(_ result: SelftestResult) -> [String: JSONValue] {
-                let gib = Double(result.bytes) / Double(1 << 30)
-                let clientCPU = Double(result.clientUsage.cpuNanoseconds) / 1e9
-                var figures: [String: JSONValue] = ["client_cpu_s_per_gib": gib > 0 ? .number(clientCPU / gib, decimals: 4) : .null]
-                if let closed = result.closed, !inProcess {
-                    let serverCPU = Double(closed.serverCPUNanoseconds) / 1e9
-                    figures["total_cpu_s_per_gib"] = gib > 0 ? .number((clientCPU + serverCPU) / gib, decimals: 4) : .null
-                }
-                return figures
+            return figures
+        }
+        if rounds > 1 {
+            // Top level: the last round's figures with counts summed over rounds; each round in "rounds".
+            let roundObjects = results.map { result in result.json(mode: effectiveMode, extra: cpuFigures(result)) }
+            extra["rounds"] = .array(roundObjects)
+            for key in ["attempted", "succeeded", "failed", "errors", "count", "bytes", "verified_ops", "verification_failures"] {
+                extra[key] = .int(roundObjects.reduce(0) { sum, object in
+                    if case .object(let members) = object, case .int(let value)? = members[key] { return sum + Int(value) }
+                    return sum
+                })
             }
-            if rounds > 1 {
-                // Top level: the last round's figures with counts summed over rounds; each round in "rounds".
-                let roundObjects = results.map { result in result.json(mode: effectiveMode, extra: cpuFigures(result)) }
-                extra["rounds"] = .array(roundObjects)
-                for key in ["attempted", "succeeded", "failed", "errors", "count", "bytes", "verified_ops", "verification_failures"] {
-                    extra[key] = .int(roundObjects.reduce(0) { sum, object in
-                        if case .object(let members) = object, case .int(let value)? = members[key] { return sum + Int(value) }
-                        return sum
-                    })
-                }
-                extra["verified"] = .bool(verify && results.count == rounds && results.allSatisfy(\.verified))
-                extra["setup_error"] = setupFailure.map { .string($0) } ?? .null
-            }
-            if json {
-                console.emit(last.json(mode: effectiveMode, extra: cpuFigures(last).merging(extra) { _, new in new }))
-            } else {
-                for (index, result) in results.enumerated() {
-                    if rounds > 1 { console.out("round \(index + 1) of \(rounds)") }
-                    let serverCPU = result.closed.map { Double($0.serverCPUNanoseconds) / 1e9 }
-                    for line in summaryLines(result, mode: effectiveMode, from: control.processID, serverCPU: serverCPU, inProcess: inProcess) {
-                        console.out(line)
-                    }
-                }
-                if let setupFailure { console.out("  set-up    \(setupFailure)") }
-                console.out(report.summaryLine)
-                if let served {
-                    console.out("  served    \(served.sessionsOpened) sessions, \(served.operationsServed) operations, \(formatBytes(served.bytesServed)), \(served.verificationFailures) verification failures")
+            extra["verified"] = .bool(verify && results.count == rounds && results.allSatisfy(\.verified))
+            extra["setup_error"] = setupFailure.map { .string($0) } ?? .null
+        }
+        if json {
+            console.emit(last.json(mode: effectiveMode, extra: cpuFigures(last).merging(extra) { _, new in new }))
+        } else {
+            for (index, result) in results.enumerated() {
+                if rounds > 1 { console.out("round \(index + 1) of \(rounds)") }
+                let serverCPU = result.closed.map { Double($0.serverCPUNanoseconds) / 1e9 }
+                for line in summaryLines(result, mode: effectiveMode, from: control.processID, serverCPU: serverCPU, inProcess: inProcess) {
+                    console.out(line)
                 }
             }
-            if !passed {
-                let failedRound = results.first { !roundPassed($0) }
-                let attempted = results.reduce(0) { $0 + $1.attempted }, failed = results.reduce(0) { $0 + $1.failed }
-                let reason = setupFailure ?? failedRound.flatMap { $0.firstError ?? $0.teardownError } ?? report.accountingProblem
-                    ?? (servedCleanly ? nil : "writes served to other nodes failed verification")
-                    ?? (attempted == 0 ? "no operation ran" : "not verified")
-                console.err("lnetctl selftest: \(failed) of \(attempted) operations failed\(verify && !results.allSatisfy(\.verified) ? ", not verified" : ""): \(reason)")
-                throw ExitCode(1)
+            if let setupFailure { console.out("  set-up    \(setupFailure)") }
+            console.out(report.summaryLine)
+            if let served {
+                console.out("  served    \(served.sessionsOpened) sessions, \(served.operationsServed) operations, \(formatBytes(served.bytesServed)), \(served.verificationFailures) verification failures")
             }
+        }
+        if !passed {
+            let failedRound = results.first { !roundPassed($0) }
+            let attempted = results.reduce(0) { $0 + $1.attempted }, failed = results.reduce(0) { $0 + $1.failed }
+            let reason = setupFailure ?? failedRound.flatMap { $0.firstError ?? $0.teardownError } ?? report.accountingProblem
+                ?? (servedCleanly ? nil : "writes served to other nodes failed verification")
+                ?? (attempted == 0 ? "no operation ran" : "not verified")
+            console.err("lnetctl selftest: \(failed) of \(attempted) operations failed\(verify && !results.allSatisfy(\.verified) ? ", not verified" : ""): \(reason)")
+            throw ExitCode(1)
         }
     }
 

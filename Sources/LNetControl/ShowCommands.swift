@@ -35,19 +35,26 @@ func jsonLine<T: Encodable>(_ value: T) throws(CommandFailure) -> String {
     }
 }
 
-/// `lnetctl net show`: the node's interfaces.
-struct NetCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "net", abstract: "A running node's interfaces (through its control socket).",
-        subcommands: [NetShowCommand.self], defaultSubcommand: NetShowCommand.self)
+extension CommandConfiguration {
+    /// `lnetctl net`, `peer`, `conns`, `stats`: commands on a running node's control socket, the first (`show`) by default.
+    static func controlSocketGroup(_ name: String, abstract: String, _ subcommands: [any ParsableCommand.Type]) -> CommandConfiguration {
+        CommandConfiguration(commandName: name, abstract: abstract, subcommands: subcommands, defaultSubcommand: subcommands.first)
+    }
 }
 
-struct NetShowCommand: AsyncParsableCommand {
+/// `lnetctl net show`: the node's interfaces.
+struct NetCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration.controlSocketGroup(
+        "net", abstract: "A running node's interfaces (through its control socket).", [NetShowCommand.self])
+}
+
+struct NetShowCommand: ReportingCommand {
     static let configuration = CommandConfiguration(
         commandName: "show", abstract: "Interfaces: NID, LND, state, device, pending messages, the LND's settings.")
 
+    static let reportName = "net show"
     @OptionGroup var socket: SocketOptions
-    @Flag(name: .long, help: "Print one JSON object.") var json = false
+    @OptionGroup var outputFormat: JSONOption
 
     struct Output: Encodable {
         struct Interface: Encodable {
@@ -70,53 +77,51 @@ struct NetShowCommand: AsyncParsableCommand {
         }
     }
 
-    func run() async throws {
-        try await runReporting("net show", json: json) { console in
-            let status = try socket.status()
-            let output = Output(processId: status.processId, lnetPid: status.lnetPid, uptimeSeconds: status.uptimeSeconds,
-                                interfaces: status.interfaces.map { ni in
-                Output.Interface(nid: ni.nid, lnd: ni.lnd, state: ni.state, interface: ni.interfaceName, pending: ni.accounting.pending,
-                                 peers: ni.peers.count, connections: ni.peers.reduce(0) { $0 + $1.connections.count },
-                                 properties: ni.lndStatus?.properties ?? [:])
-            })
-            if json { return console.out(try jsonLine(output)) }
-            var lines = ["net:  # process \(status.processId), LNet pid \(status.lnetPid), control socket up \(format(status.uptimeSeconds, 1)) s"]
-            for ni in output.interfaces {
-                lines.append("    - nid: \(ni.nid)")
-                lines.append("      lnd: \(ni.lnd)")
-                lines.append("      state: \(ni.state)")
-                if let interface = ni.interface { lines.append("      interface: \(interface)") }
-                lines.append("      pending messages: \(ni.pending)")
-                lines.append("      peers: \(ni.peers)")
-                lines.append("      connections: \(ni.connections)")
-                let tunables = ni.properties.filter { $0.key.hasPrefix("LND_") }
-                for (key, value) in ni.properties.filter({ !$0.key.hasPrefix("LND_") }).sorted(by: { $0.key < $1.key }) {
-                    lines.append("      \(key): \(value.isEmpty ? "\"\"" : value)")
-                }
-                if !tunables.isEmpty {
-                    lines.append("      tunables:")
-                    for (key, value) in tunables.sorted(by: { $0.key < $1.key }) { lines.append("          \(key): \(value.isEmpty ? "\"\"" : value)") }
-                }
+    func report(on console: Console) async throws {
+        let status = try socket.status()
+        let output = Output(processId: status.processId, lnetPid: status.lnetPid, uptimeSeconds: status.uptimeSeconds,
+                            interfaces: status.interfaces.map { ni in
+            Output.Interface(nid: ni.nid, lnd: ni.lnd, state: ni.state, interface: ni.interfaceName, pending: ni.accounting.pending,
+                             peers: ni.peers.count, connections: ni.peers.reduce(0) { $0 + $1.connections.count },
+                             properties: ni.lndStatus?.properties ?? [:])
+        })
+        if json { return console.out(try jsonLine(output)) }
+        var lines = ["net:  # process \(status.processId), LNet pid \(status.lnetPid), control socket up \(format(status.uptimeSeconds, 1)) s"]
+        for ni in output.interfaces {
+            lines.append("    - nid: \(ni.nid)")
+            lines.append("      lnd: \(ni.lnd)")
+            lines.append("      state: \(ni.state)")
+            if let interface = ni.interface { lines.append("      interface: \(interface)") }
+            lines.append("      pending messages: \(ni.pending)")
+            lines.append("      peers: \(ni.peers)")
+            lines.append("      connections: \(ni.connections)")
+            let tunables = ni.properties.filter { $0.key.hasPrefix("LND_") }
+            for (key, value) in ni.properties.filter({ !$0.key.hasPrefix("LND_") }).sorted(by: { $0.key < $1.key }) {
+                lines.append("      \(key): \(value.isEmpty ? "\"\"" : value)")
             }
-            console.out(lines.joined(separator: "\n"))
+            if !tunables.isEmpty {
+                lines.append("      tunables:")
+                for (key, value) in tunables.sorted(by: { $0.key < $1.key }) { lines.append("          \(key): \(value.isEmpty ? "\"\"" : value)") }
+            }
         }
+        console.out(lines.joined(separator: "\n"))
     }
 }
 
 /// `lnetctl peer show`: peers, their traffic and connections.
 struct PeerCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "peer", abstract: "A running node's peers (through its control socket).",
-        subcommands: [PeerShowCommand.self], defaultSubcommand: PeerShowCommand.self)
+    static let configuration = CommandConfiguration.controlSocketGroup(
+        "peer", abstract: "A running node's peers (through its control socket).", [PeerShowCommand.self])
 }
 
-struct PeerShowCommand: AsyncParsableCommand {
+struct PeerShowCommand: ReportingCommand {
     static let configuration = CommandConfiguration(
         commandName: "show",
         abstract: "Peers: traffic, and each connection's state, credits, queue lengths, open transactions and last activity.")
 
+    static let reportName = "peer show"
     @OptionGroup var socket: SocketOptions
-    @Flag(name: .long, help: "Print one JSON object.") var json = false
+    @OptionGroup var outputFormat: JSONOption
     @Option(name: .long, help: ArgumentHelp("Only this peer.", valueName: "nid")) var nid: String?
 
     struct Output: Encodable {
@@ -129,35 +134,33 @@ struct PeerShowCommand: AsyncParsableCommand {
         var peers: [Peer]
     }
 
-    func run() async throws {
-        try await runReporting("peer show", json: json) { console in
-            let status = try socket.status()
-            let peers = status.interfaces.flatMap { ni in ni.peers.map { Output.Peer(nid: $0.nid, ni: ni.nid, traffic: $0.traffic, connections: $0.connections) } }
-                .filter { nid == nil || $0.nid == nid }
-            if json { return console.out(try jsonLine(Output(peers: peers))) }
-            var lines = ["peer:"]
-            for peer in peers {
-                lines.append("    - nid: \(peer.nid)")
-                lines.append("      ni: \(peer.ni)")
-                let t = peer.traffic
-                lines.append("      sent: \(t.messagesSent) messages, \(formatBytes(t.bytesSent))")
-                lines.append("      received: \(t.messagesReceived) messages, \(formatBytes(t.bytesReceived))")
-                lines.append("      drops: \(t.drops) (\(formatBytes(t.droppedBytes))), errors: \(t.errors)")
-                if peer.connections.isEmpty { lines.append("      connections: none") } else { lines.append("      connections:") }
-                for connection in peer.connections {
-                    lines.append("        - state: \(connection.state)\(connection.role.map { " (\($0))" } ?? "")")
-                    if let credits = connection.credits {
-                        lines.append("          credits: \(credits) of \(connection.queueDepth ?? 0), owed \(connection.creditsOwed ?? 0)")
-                    }
-                    lines.append("          queued: \(connection.queued) (waiting \(connection.waiting ?? 0), control \(connection.queuedControl ?? 0), "
-                                 + "eager \(connection.queuedEager ?? 0), bulk requests \(connection.queuedRequests ?? 0), rdma \(connection.queuedRdma ?? 0)); "
-                                 + "posted \(connection.posted ?? 0)")
-                    lines.append("          open transactions: \(connection.transactions ?? 0) (\(connection.transactionsInitiated ?? 0) ours)")
-                    lines.append("          last activity: received \(ago(connection.msSinceReceive)), sent \(ago(connection.msSinceSend))")
+    func report(on console: Console) async throws {
+        let status = try socket.status()
+        let peers = status.interfaces.flatMap { ni in ni.peers.map { Output.Peer(nid: $0.nid, ni: ni.nid, traffic: $0.traffic, connections: $0.connections) } }
+            .filter { nid == nil || $0.nid == nid }
+        if json { return console.out(try jsonLine(Output(peers: peers))) }
+        var lines = ["peer:"]
+        for peer in peers {
+            lines.append("    - nid: \(peer.nid)")
+            lines.append("      ni: \(peer.ni)")
+            let t = peer.traffic
+            lines.append("      sent: \(t.messagesSent) messages, \(formatBytes(t.bytesSent))")
+            lines.append("      received: \(t.messagesReceived) messages, \(formatBytes(t.bytesReceived))")
+            lines.append("      drops: \(t.drops) (\(formatBytes(t.droppedBytes))), errors: \(t.errors)")
+            if peer.connections.isEmpty { lines.append("      connections: none") } else { lines.append("      connections:") }
+            for connection in peer.connections {
+                lines.append("        - state: \(connection.state)\(connection.role.map { " (\($0))" } ?? "")")
+                if let credits = connection.credits {
+                    lines.append("          credits: \(credits) of \(connection.queueDepth ?? 0), owed \(connection.creditsOwed ?? 0)")
                 }
+                lines.append("          queued: \(connection.queued) (waiting \(connection.waiting ?? 0), control \(connection.queuedControl ?? 0), "
+                             + "eager \(connection.queuedEager ?? 0), bulk requests \(connection.queuedRequests ?? 0), rdma \(connection.queuedRdma ?? 0)); "
+                             + "posted \(connection.posted ?? 0)")
+                lines.append("          open transactions: \(connection.transactions ?? 0) (\(connection.transactionsInitiated ?? 0) ours)")
+                lines.append("          last activity: received \(ago(connection.msSinceReceive)), sent \(ago(connection.msSinceSend))")
             }
-            console.out(lines.joined(separator: "\n"))
         }
+        console.out(lines.joined(separator: "\n"))
     }
 }
 
@@ -168,17 +171,17 @@ func ago(_ milliseconds: Int?) -> String {
 
 /// `lnetctl conns show`: one line per connection.
 struct ConnsCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "conns", abstract: "A running node's LND connections (through its control socket).",
-        subcommands: [ConnsShowCommand.self], defaultSubcommand: ConnsShowCommand.self)
+    static let configuration = CommandConfiguration.controlSocketGroup(
+        "conns", abstract: "A running node's LND connections (through its control socket).", [ConnsShowCommand.self])
 }
 
-struct ConnsShowCommand: AsyncParsableCommand {
+struct ConnsShowCommand: ReportingCommand {
     static let configuration = CommandConfiguration(
         commandName: "show", abstract: "Connections: peer, role, state, queue depth, credits, queues, transactions, QP settings.")
 
+    static let reportName = "conns show"
     @OptionGroup var socket: SocketOptions
-    @Flag(name: .long, help: "Print one JSON object.") var json = false
+    @OptionGroup var outputFormat: JSONOption
 
     struct Output: Encodable {
         struct Connection: Encodable {
@@ -201,22 +204,20 @@ struct ConnsShowCommand: AsyncParsableCommand {
         var connections: [Connection]
     }
 
-    func run() async throws {
-        try await runReporting("conns show", json: json) { console in
-            let status = try socket.status()
-            let connections = status.interfaces.flatMap { ni in ni.peers.flatMap { $0.connections.map { Output.Connection(ni: ni.nid, connection: $0) } } }
-            if json { return console.out(try jsonLine(Output(connections: connections))) }
-            let header = ["peer", "ni", "role", "state", "depth", "credits", "owed", "queued", "posted", "tx", "rx ago", "tx ago", "sched", "mtu", "ack_to", "retry"]
-            let rows = connections.map { entry -> [String] in
-                let c = entry.connection
-                func n(_ value: Int?) -> String { value.map(String.init) ?? "-" }
-                return [c.peer, entry.ni, c.role ?? "-", c.state, n(c.queueDepth), n(c.credits), n(c.creditsOwed), String(c.queued), n(c.posted),
-                        n(c.transactions), c.msSinceReceive.map { "\($0) ms" } ?? "-", c.msSinceSend.map { "\($0) ms" } ?? "-",
-                        n(c.details["scheduler"]), n(c.details["path_mtu"]), n(c.details["ack_timeout"]), n(c.details["retry_count"])]
-            }
-            console.out(table([header] + rows))
-            if rows.isEmpty { console.out("(no connections)") }
+    func report(on console: Console) async throws {
+        let status = try socket.status()
+        let connections = status.interfaces.flatMap { ni in ni.peers.flatMap { $0.connections.map { Output.Connection(ni: ni.nid, connection: $0) } } }
+        if json { return console.out(try jsonLine(Output(connections: connections))) }
+        let header = ["peer", "ni", "role", "state", "depth", "credits", "owed", "queued", "posted", "tx", "rx ago", "tx ago", "sched", "mtu", "ack_to", "retry"]
+        let rows = connections.map { entry -> [String] in
+            let c = entry.connection
+            func n(_ value: Int?) -> String { value.map(String.init) ?? "-" }
+            return [c.peer, entry.ni, c.role ?? "-", c.state, n(c.queueDepth), n(c.credits), n(c.creditsOwed), String(c.queued), n(c.posted),
+                    n(c.transactions), c.msSinceReceive.map { "\($0) ms" } ?? "-", c.msSinceSend.map { "\($0) ms" } ?? "-",
+                    n(c.details["scheduler"]), n(c.details["path_mtu"]), n(c.details["ack_timeout"]), n(c.details["retry_count"])]
         }
+        console.out(table([header] + rows))
+        if rows.isEmpty { console.out("(no connections)") }
     }
 }
 
@@ -233,12 +234,11 @@ func table(_ rows: [[String]]) -> String {
 
 /// `lnetctl stats show` / `stats reset`.
 struct StatsCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "stats", abstract: "A running node's counters (through its control socket).",
-        subcommands: [StatsShowCommand.self, StatsResetCommand.self], defaultSubcommand: StatsShowCommand.self)
+    static let configuration = CommandConfiguration.controlSocketGroup(
+        "stats", abstract: "A running node's counters (through its control socket).", [StatsShowCommand.self, StatsResetCommand.self])
 }
 
-struct StatsShowCommand: AsyncParsableCommand {
+struct StatsShowCommand: ReportingCommand {
     static let configuration = CommandConfiguration(
         commandName: "show",
         abstract: "Counters: messages by type, bytes, drops, errors, the exactly-once accounting, the LND's counters and registration cache.",
@@ -248,8 +248,9 @@ struct StatsShowCommand: AsyncParsableCommand {
             show the same snapshot.
             """)
 
+    static let reportName = "stats show"
     @OptionGroup var socket: SocketOptions
-    @Flag(name: .long, help: "Print one JSON object.") var json = false
+    @OptionGroup var outputFormat: JSONOption
     @Flag(name: .long, help: "Print the Prometheus text exposition format.") var prometheus = false
 
     func validate() throws {
@@ -278,17 +279,15 @@ struct StatsShowCommand: AsyncParsableCommand {
         enum CodingKeys: String, CodingKey { case uptimeSeconds = "uptime_seconds", secondsSinceReset = "seconds_since_reset", interfaces }
     }
 
-    func run() async throws {
-        try await runReporting("stats show", json: json) { console in
-            let status = try socket.status()
-            if prometheus { return console.out(String(PrometheusExposition.render(status).dropLast())) }
-            let output = Output(uptimeSeconds: status.uptimeSeconds, secondsSinceReset: status.secondsSinceReset, interfaces: status.interfaces.map { ni in
-                Output.Interface(nid: ni.nid, lnd: ni.lnd, state: ni.state, traffic: ni.traffic, sentByType: ni.sentByType,
-                                 receivedByType: ni.receivedByType, accounting: ni.accounting, lndMetrics: ni.lndStatus?.metrics ?? [])
-            })
-            if json { return console.out(try jsonLine(output)) }
-            console.out(Self.text(status))
-        }
+    func report(on console: Console) async throws {
+        let status = try socket.status()
+        if prometheus { return console.out(String(PrometheusExposition.render(status).dropLast())) }
+        let output = Output(uptimeSeconds: status.uptimeSeconds, secondsSinceReset: status.secondsSinceReset, interfaces: status.interfaces.map { ni in
+            Output.Interface(nid: ni.nid, lnd: ni.lnd, state: ni.state, traffic: ni.traffic, sentByType: ni.sentByType,
+                             receivedByType: ni.receivedByType, accounting: ni.accounting, lndMetrics: ni.lndStatus?.metrics ?? [])
+        })
+        if json { return console.out(try jsonLine(output)) }
+        console.out(Self.text(status))
     }
 
     static func text(_ status: LNetNodeStatus) -> String {
@@ -319,7 +318,7 @@ struct StatsShowCommand: AsyncParsableCommand {
     }
 }
 
-struct StatsResetCommand: AsyncParsableCommand {
+struct StatsResetCommand: ReportingCommand {
     static let configuration = CommandConfiguration(
         commandName: "reset",
         abstract: "Zero what can be zeroed: every counter counts from now on.",
@@ -329,17 +328,16 @@ struct StatsResetCommand: AsyncParsableCommand {
             shutdown) are not touched: the control socket subtracts the values it saw at the reset.
             """)
 
+    static let reportName = "stats reset"
     @OptionGroup var socket: SocketOptions
-    @Flag(name: .long, help: "Print one JSON object.") var json = false
+    @OptionGroup var outputFormat: JSONOption
 
-    func run() async throws {
-        try await runReporting("stats reset", json: json) { console in
-            let path = try socket.path()
-            do { try LNetControlClient.reset(socket: path, timeout: socket.timeout?.duration ?? .seconds(10)) } catch {
-                throw CommandFailure("\(error)")
-            }
-            if json { return console.emit(.object(["ok": .bool(true), "reset": .bool(true), "socket": .string(path)])) }
-            console.out("counters reset on \(path) (gauges and the exactly-once accounting are kept)")
+    func report(on console: Console) async throws {
+        let path = try socket.path()
+        do { try LNetControlClient.reset(socket: path, timeout: socket.timeout?.duration ?? .seconds(10)) } catch {
+            throw CommandFailure("\(error)")
         }
+        if json { return console.emit(.object(["ok": .bool(true), "reset": .bool(true), "socket": .string(path)])) }
+        console.out("counters reset on \(path) (gauges and the exactly-once accounting are kept)")
     }
 }
