@@ -32,7 +32,7 @@ public final class LNet: Sendable {
         /// How long a PUT waits for the ACK it asked for (Lustre's `lnet_transaction_timeout`): then its MD gets an
         /// ACK event with status `.timeout`, and an ACK that comes later is dropped. The LND finalizes what it was
         /// handed, but an ACK the peer could not send (its connection failed after the data was in) would
-        /// otherwise leave the MD waiting forever. The wait is tracked per MD (``AckTracker``): a PUT waits at most
+        /// otherwise leave the MD waiting forever. The wait is tracked per MD, as Lustre does: a PUT waits at most
         /// this long after its MD's newest PUT. `nil`: wait forever. `lnetctl` reads `LNET_TRANSACTION_TIMEOUT`.
         public var ackTimeout: Duration?
 
