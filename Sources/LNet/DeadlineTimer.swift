@@ -43,7 +43,13 @@ final class DeadlineTimer: Sendable {
     init(name: String) {
         do {
             thread = try ServiceThread(name: name)
-            try thread.start { [unowned self] thread in run(thread) }
+            // The loop holds the timer only while it runs due actions, not while it sleeps: a timer no one holds
+            // any more ends (its deinit stops the thread).
+            try thread.start { [weak self] thread in
+                while thread.isRunning, let next = self?.pass(thread) {
+                    thread.sleep(timeout: next.map { ContinuousClock.now.duration(to: $0) })
+                }
+            }
         } catch {
             fatalError("LNet cannot start its deadline thread: \(error)")
         }
@@ -88,7 +94,9 @@ final class DeadlineTimer: Sendable {
     /// Entries that have fired so far.
     var firedCount: Int { state.withLock { $0.fired } }
 
-    private func run(_ thread: ServiceThread) {
+    /// Runs the actions that are due, as long as some are; returns when the thread should wake next (nil: when
+    /// woken).
+    private func pass(_ thread: ServiceThread) -> ContinuousClock.Instant?? {
         while thread.isRunning {
             let (due, next) = state.withLock { state -> ([@Sendable () -> Void], ContinuousClock.Instant?) in
                 let now = ContinuousClock.now
@@ -104,12 +112,10 @@ final class DeadlineTimer: Sendable {
                 state.sleepsUntil = due.isEmpty ? next : nil
                 return (due, next)
             }
-            if !due.isEmpty {
-                for action in due { action() }
-                continue
-            }
-            thread.sleep(timeout: next.map { ContinuousClock.now.duration(to: $0) })
+            if due.isEmpty { return .some(next) }
+            for action in due { action() }
         }
+        return nil
     }
 }
 
