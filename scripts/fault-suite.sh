@@ -13,7 +13,7 @@
 #                 each bulk mode; operations may fail with an error (rxe's go-back-N retransmission collapses under
 #                 reordering, see below) but none may be lost or unverified; then the fault is removed and a second
 #                 session in the same client process must succeed entirely
-#   blackout      100% loss for 2 s (link up) during bulk writes: traffic resumes, every operation succeeds
+#   blackout      100% loss for 2 s (link up) during bulk writes, QP retries 7: traffic resumes, every operation succeeds
 #   link-down     A's link down for 2 s during bulk reads: rxe fails the QP, pending operations fail with an error
 #                 (not the self-test's own timeout), the connection is rebuilt, and a second session in the same
 #                 client process succeeds entirely
@@ -112,18 +112,18 @@ if [[ ${1:-} == --orchestrate ]]; then
         "on_${host,}" "nohup sh $VSH/$name.sh >/dev/null 2>&1 &"
     }
     # The server on B, started through the shared folder (so not with start_serve) and waited for like it.
-    serve() {   # serve NAME GET_MODE: starts the server on B and waits until it serves
-        launch B "$1" "LND_GET_MODE=$2" -- serve --nid 192.0.2.2@o2ib --json --ready-file "$VSH/$1.ready"
+    serve() {   # serve NAME GET_MODE [ENV...]: starts the server on B and waits until it serves
+        launch B "$1" "LND_GET_MODE=$2" "${@:3}" -- serve --nid 192.0.2.2@o2ib --json --ready-file "$VSH/$1.ready"
         wait_file "$SH/$1.ready" 90 "$SH/$1.rc"
     }
     stop() {   # stop A|B NAME [SIGNAL]: signals the process and waits for its exit status
         "on_${1,}" "kill -${3:-TERM} \$(cat /tmp/$2.pid.fs)" || true
         wait_file "$SH/$2.rc" 60
     }
-    client() {   # client NAME ARGS...: starts a self-test from A to B's server; returns once its node is up
+    client() {   # client NAME ARGS...: starts a self-test from A to B's server (with $CLIENT_ENV); returns once its node is up
         local name=$1
         shift
-        launch A "$name" -- selftest --nid 192.0.2.1@o2ib --to 192.0.2.2@o2ib --verify --json --max-errors 0 \
+        launch A "$name" ${CLIENT_ENV:-} -- selftest --nid 192.0.2.1@o2ib --to 192.0.2.2@o2ib --verify --json --max-errors 0 \
             --timeout 40s --concurrency "$FS_CONCURRENCY" --ready-file "$VSH/$name.ready" "$@"
         wait_file "$SH/$name.ready" 90 "$SH/$name.rc" || [[ -e $SH/$name.rc ]]
     }
@@ -183,8 +183,12 @@ if [[ ${1:-} == --orchestrate ]]; then
                 stop B "$c.server"
                 ;;
             blackout)
-                serve "$c.server" pull || return 1
-                client "$c.client" --op write --mode push --size "$FS_SIZE" --duration "${DUR}s" || return 1
+                # The QPs' retry budget must outlast the blackout: a packet is resent after 0.54 s (LND_ACK_TIMEOUT
+                # 17), and rxe also spends a retry on each sequence NAK once the link is back, so the default 5
+                # retries met a 2 s blackout with up to 5 used, and 6 fail the QP ("retry-exceeded": 2 of the
+                # blackout runs of one session). With 7 (the most a QP allows) a send survives 8 x 0.54 s of loss.
+                serve "$c.server" pull LND_RETRY_COUNT=7 || return 1
+                CLIENT_ENV=LND_RETRY_COUNT=7 client "$c.client" --op write --mode push --size "$FS_SIZE" --duration "${DUR}s" || return 1
                 sleep_s 3
                 note "blackout: 100% loss on B's link for 2 s"
                 on_a "$(snap "$c.fault-on" A)"
