@@ -273,10 +273,7 @@ public final class LNet: Sendable {
         guard record.pending == 0 else { return }
         state.remove(record)
         guard let queue = record.eventQueue else { return }
-        let event = LNetEvent(kind: .unlink, status: .ok, initiator: .any, target: .any,
-                              portal: record.matchEntry?.portal ?? 0, matchBits: record.matchEntry?.entry.matchBits ?? 0,
-                              requestedLength: 0, matchedLength: 0, offset: 0, headerData: 0, hints: .none,
-                              md: record.handle, userInfo: record.userInfo, unlinked: true)
+        let event = record.unlinkEvent(status: .ok)
         if queue.post(event) { effects.inline.append((queue, event)) }
     }
 
@@ -584,10 +581,7 @@ public final class LNet: Sendable {
             // (an awaited put or get, a handler that frees memory on the unlinked event) learns it is gone.
             for record in state.mds.values {
                 guard let queue = record.eventQueue else { continue }
-                let event = LNetEvent(kind: .unlink, status: .shutdown, initiator: .any, target: .any,
-                                      portal: record.matchEntry?.portal ?? 0, matchBits: record.matchEntry?.entry.matchBits ?? 0,
-                                      requestedLength: 0, matchedLength: 0, offset: 0, headerData: 0, hints: .none,
-                                      md: record.handle, userInfo: record.userInfo, unlinked: true)
+                let event = record.unlinkEvent(status: .shutdown)
                 if queue.post(event) { effects.inline.append((queue, event)) }
             }
             state.mds.removeAll()

@@ -53,6 +53,13 @@ final class MDRecord {
         pending += 1
     }
 
+    /// The MD's last event: it was unlinked (by the user, its threshold, or shutdown).
+    func unlinkEvent(status: LNetStatus) -> LNetEvent {
+        LNetEvent(kind: .unlink, status: status, initiator: .any, target: .any, portal: matchEntry?.portal ?? 0,
+                  matchBits: matchEntry?.entry.matchBits ?? 0, requestedLength: 0, matchedLength: 0, offset: 0, headerData: 0,
+                  hints: .none, md: handle, userInfo: userInfo, unlinked: true)
+    }
+
     func window(offset: Int, length: Int) -> LNetMDWindow {
         LNetMDWindow(storage: storage, offset: offset, length: length)
     }
