@@ -30,6 +30,12 @@ struct AckTracker {
         newest = record
     }
 
+    /// Stops tracking every MD (shutdown), one at a time: the list's strong links freed as a chain would recurse
+    /// once per MD.
+    mutating func removeAll() {
+        while let record = oldest { remove(record) }
+    }
+
     /// Stops tracking `record` (its last ACK came, its PUTs failed, it timed out, or it went away).
     mutating func remove(_ record: MDRecord) {
         guard record.isAckTracked else { return }

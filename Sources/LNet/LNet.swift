@@ -107,6 +107,11 @@ public final class LNet: Sendable {
         self.logger = logger ?? Logger(label: "lnet", factory: { _ in SwiftLogNoOpLogHandler() })
     }
 
+    deinit {
+        // The ACK tracker's list, freed one MD at a time (an instance dropped without shutdown()).
+        state.withLock { $0.ackTracker.removeAll() }
+    }
+
     /// The pid of this instance.
     public var pid: UInt32 { configuration.pid }
 
@@ -586,6 +591,7 @@ public final class LNet: Sendable {
             }
             state.mds.removeAll()
             state.meToMD.removeAll()
+            state.ackTracker.removeAll()
         }
         perform(effects)
         logger.info("LNet shut down")

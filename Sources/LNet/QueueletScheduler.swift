@@ -38,15 +38,13 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
         let handled = Atomic<Int>(0)
         init(index: Int) { self.index = index }
 
-        /// Wakes one sleeping thread of the partition, as a semaphore's signal would. When none sleeps, every
-        /// thread is told to look again before it next sleeps (a flag, no system call), so a thread that was
-        /// about to sleep cannot miss the work while the others are busy.
+        /// Wakes one sleeping thread of the partition, as a semaphore's signal would: the wake-up claims that
+        /// thread's sleep, so the next call wakes another sleeper. When none sleeps, every thread is told to look
+        /// again before it next sleeps (a flag, no system call), so a thread that was about to sleep cannot miss
+        /// the work while the others are busy.
         func wakeOne() {
-            if let sleeper = threads.first(where: \.isSleeping) {
-                sleeper.wake()
-            } else {
-                for thread in threads { thread.wake() }
-            }
+            for thread in threads where thread.wakeIfSleeping() { return }
+            for thread in threads { thread.wake() }
         }
     }
 
@@ -173,8 +171,12 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
             list.removeAll()
             return all
         }
-        // Each thread finishes what its partition holds before it ends (the loop drains once stopping is set).
-        for thread in all { thread.stop() }
+        // The ticker first, then a last flush: a submit that raced the stop (it passed the acceptance check
+        // before it) may have filled a queuelet since, and no ticker pass may hand one over once the partitions'
+        // threads are gone. Each thread then finishes what its partition holds before it ends.
+        ticker?.stop()
+        flush()
+        for thread in all where thread !== ticker { thread.stop() }
     }
 
     private func liveProducers() -> [QueueletProducer<Item>] {

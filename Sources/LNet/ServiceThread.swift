@@ -161,6 +161,18 @@ package final class ServiceThread: @unchecked Sendable {
         }
     }
 
+    /// Wakes the thread if it is asleep, claiming that sleep: a second call before the thread runs again finds it
+    /// awake and returns false (so a caller waking one of several threads, as a semaphore's signal would, moves
+    /// on to another sleeper). Returns whether it woke the thread.
+    package func wakeIfSleeping() -> Bool {
+        guard sleeping.compareExchange(expected: true, desired: false, ordering: .sequentiallyConsistent).exchanged else {
+            return false
+        }
+        wakePending.store(true, ordering: .sequentiallyConsistent)
+        signal()
+        return true
+    }
+
     /// Makes the thread's current or next sleep return at once.
     package func wake() {
         wakePending.store(true, ordering: .sequentiallyConsistent)
@@ -173,16 +185,21 @@ package final class ServiceThread: @unchecked Sendable {
     }
 
     /// Stops the thread and joins it. Called on the thread itself (a handler that shuts the LND down), it only
-    /// asks the loop to end: the thread finishes when the handler returns, and nothing waits for itself.
+    /// asks the loop to end and detaches the thread: it finishes when the handler returns, nothing waits for
+    /// itself, and its resources go when it ends.
     package func stop() {
         running.store(false, ordering: .releasing)
         wakePending.store(true, ordering: .sequentiallyConsistent)
         signal()
-        guard !isCurrent, let id = handle.withLock({ handle -> pthread_t? in
+        guard let id = handle.withLock({ handle -> pthread_t? in
             defer { handle = nil }
             return handle
         }) else { return }
-        pthread_join(id, nil)
+        if isCurrent {
+            pthread_detach(id)
+        } else {
+            pthread_join(id, nil)
+        }
     }
 }
 

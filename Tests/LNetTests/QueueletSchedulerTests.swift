@@ -86,6 +86,27 @@ import Testing
         for (_, sequences) in order.withLock({ $0 }) { #expect(sequences == Array(0..<perPeer)) }
     }
 
+    /// Two queuelets handed over back to back, each of one peer, wake two sleeping threads, as a semaphore's two
+    /// signals would: the second wake-up must not go to the thread the first one already woke (it would then run
+    /// both, and a slow handler of the first peer would hold up the second).
+    @Test func backToBackHandoffsWakeTwoThreads() async throws {
+        for round in 0..<20 {
+            let release = Gate()
+            let waited = Collector<Bool>()
+            let s = try scheduler(threads: 2, batch: 1) { work, _ in
+                if work.peer == 0 { waited.append(release.wait(seconds: 5)) } else { release.open() }
+            }
+            // Both threads asleep before the hand-offs.
+            try await Task.sleep(for: .milliseconds(20))
+            let producer = s.makeProducer()
+            producer.submit(Work(peer: 0, sequence: 0))
+            producer.submit(Work(peer: 1, sequence: 0))
+            #expect(await eventually { waited.count == 1 })
+            s.shutdown()
+            #expect(waited.items == [true], "round \(round): peer 1 waited for peer 0's slow handler")
+        }
+    }
+
     @Test func perPeerOrderHoldsUnderConcurrentProducers() async throws {
         let last = Mutex<[UInt64: Int]>([:])
         let violations = Atomic<Int>(0)
