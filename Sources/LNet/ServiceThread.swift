@@ -40,14 +40,6 @@ package final class ServiceThread: @unchecked Sendable {
         self.eventFD = fd
     }
 
-    /// Makes and starts a thread that runs `body` once (a loop of its own that ends when ``isRunning`` turns
-    /// false, or sooner).
-    package static func spawn(name: String, cpus: [Int] = [], _ body: @escaping @Sendable (ServiceThread) -> Void) throws(LNetError) -> ServiceThread {
-        let thread = try ServiceThread(name: name, cpus: cpus)
-        try thread.start(body)
-        return thread
-    }
-
     deinit {
         close(eventFD)
     }
@@ -60,9 +52,6 @@ package final class ServiceThread: @unchecked Sendable {
         let id = threadID.load(ordering: .acquiring)
         return id != 0 && pthread_equal(pthread_self(), pthread_t(id)) != 0
     }
-
-    /// Whether the thread is in a sleep now (or about to enter one).
-    package var isSleeping: Bool { sleeping.load(ordering: .sequentiallyConsistent) }
 
     /// Whether ``wake()`` was called since the thread last slept (a busy loop checks this instead of sleeping).
     package var wakeRequested: Bool { wakePending.load(ordering: .relaxed) }
