@@ -281,9 +281,14 @@ if [[ ${1:-} == --orchestrate ]]; then
     probe() {
         rm -f "$SH/$1.probe-A.txt" "$SH/$1.probe-B.txt"
         on_b "nohup sh -c '(timeout 40 ib_send_lat -R -x 1 -d rxe0 -n 100; echo rc=\$?) >$VSH/$1.probe-B.txt 2>&1' >/dev/null 2>&1 &"
-        sleep_s 3
-        # The client tries up to 3 times, 2 s apart: a server still starting (its calibration takes seconds under
-        # load) rejects it at once ("invalid service ID"; ib_send_lat then crashed once). A broken rdma_cm times out.
+        # The client starts once the server listens (its rdma_cm id on port 18515 is in state LISTEN): a client
+        # that comes before is rejected at once ("invalid service ID", REJECTED error 8), and a fixed wait was not
+        # always enough (its start-up takes seconds under load: a CI run's flaps case failed so, 2 attempts both
+        # rejected, the server then waiting until its time limit).
+        on_b "for i in \$(seq 1 300); do rdma res show cm_id 2>/dev/null | grep -Eq 'LISTEN.*:18515' && exit 0; sleep 0.1; done; exit 1" \
+            || note "the probe's server on B was not listening after 30 s"
+        # The client still tries up to 3 times, 2 s apart (ib_send_lat crashed once on a reject). A broken rdma_cm
+        # times out.
         on_a "(n=0; rc=0; until timeout 25 ib_send_lat -R -x 1 -d rxe0 -n 100 192.0.2.2; do rc=\$?; n=\$((n + 1)); [ \$n -ge 3 ] && break; rc=0; sleep 2; done; echo rc=\$rc) >$VSH/$1.probe-A.txt 2>&1"
         local i
         for ((i = 0; i < 450; i++)); do
