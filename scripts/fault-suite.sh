@@ -281,10 +281,10 @@ if [[ ${1:-} == --orchestrate ]]; then
     probe() {
         rm -f "$SH/$1.probe-A.txt" "$SH/$1.probe-B.txt"
         on_b "nohup sh -c '(timeout 40 ib_send_lat -R -x 1 -d rxe0 -n 100; echo rc=\$?) >$VSH/$1.probe-B.txt 2>&1' >/dev/null 2>&1 &"
-        # The client starts once the server listens (its rdma_cm id on port 18515 is in state LISTEN): a client
-        # that comes before is rejected at once ("invalid service ID", REJECTED error 8), and a fixed wait was not
-        # always enough (its start-up takes seconds under load: a CI run's flaps case failed so, 2 attempts both
-        # rejected, the server then waiting until its time limit).
+        # The client starts once the server listens (its rdma_cm id on port 18515 is in state LISTEN), not after
+        # a fixed wait: a client that comes before is rejected at once ("invalid service ID", REJECTED error 8).
+        # (That is not the whole story: one flaps run was rejected so with the server listening; see stop 19's
+        # note.)
         on_b "for i in \$(seq 1 300); do rdma res show cm_id 2>/dev/null | grep -Eq 'LISTEN.*:18515' && exit 0; sleep 0.1; done; exit 1" \
             || note "the probe's server on B was not listening after 30 s"
         # The client still tries up to 3 times, 2 s apart (ib_send_lat crashed once on a reject). A broken rdma_cm
