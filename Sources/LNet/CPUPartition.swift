@@ -6,13 +6,25 @@ import Musl
 import Darwin
 #endif
 
-/// How incoming work is placed on a CPU partition.
-public enum PlacementPolicy: Hashable, Sendable {
-    /// By the hash of the peer NID: one peer's LNet-level work stays on one partition (Lustre's default).
-    case peerHash
-    /// By the hints in the message header (object id, offset in GiB) when present, so one object's work stays on
-    /// one partition whatever peer sends it; messages without hints fall back to ``peerHash``.
-    case hints
+/// How incoming work is placed on a CPU partition (`LNET_PLACEMENT` in `lnetctl`: `nid`, `hint` or `none`).
+public enum PlacementPolicy: String, CaseIterable, Hashable, Sendable, CustomStringConvertible {
+    /// By the hash of the peer NID (`nid`, client affinity): one peer's LNet-level work stays on one partition
+    /// (Lustre's default). An incoming message is matched on the scheduler thread that received it.
+    case peerHash = "nid"
+    /// By the hints in the message header (`hint`, object affinity: object id, offset in GiB) when present, so one
+    /// object's work stays on one partition whatever peer sends it; messages without hints fall back to
+    /// ``peerHash``.
+    case hints = "hint"
+    /// Round robin over the partitions (`none`), message by message: the baseline that keeps neither peer nor
+    /// object on one CPU. (Where a placement must be a pure function, as for events, it falls back to ``peerHash``.)
+    case roundRobin = "none"
+
+    /// The policy for its `LNET_PLACEMENT` name (`nid`, `hint` or `none`).
+    public init?(name: String) {
+        self.init(rawValue: String(name.filter { !$0.isWhitespace }).lowercased())
+    }
+
+    public var description: String { rawValue }
 }
 
 /// CPU partitions (Lustre's CPTs): the CPUs split into groups, each with its own service threads and queues.

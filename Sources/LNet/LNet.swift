@@ -135,11 +135,12 @@ public final class LNet: Sendable {
         } else {
             address = try lnd.resolveAddress(for: configuration)
         }
-        let ni = LNetNI(lnet: self, nid: NID(address: address, network: configuration.network),
+        let ni = try LNetNI(lnet: self, nid: NID(address: address, network: configuration.network),
                         configuration: configuration, lnd: lnd, logger: logger)
         do throws(LNetError) {
             try lnd.startup(ni: ni)
         } catch {
+            ni.incoming?.shutdown()
             if case .lndStartupFailed = error { throw error }
             throw LNetError.lndStartupFailed(network: configuration.network, reason: error.description)
         }
@@ -151,6 +152,7 @@ public final class LNet: Sendable {
         guard added else {
             ni.beginStopping()
             lnd.shutdown(ni: ni)
+            ni.incoming?.shutdown()
             throw LNetError.duplicateNetwork(configuration.network)
         }
         logger.info("LNet interface up", metadata: ["nid": "\(ni.nid)", "config": "\(configuration)"])
@@ -568,6 +570,9 @@ public final class LNet: Sendable {
         for ni in interfaces { ni.beginStopping() }
         for ni in interfaces {
             ni.lnd.shutdown(ni: ni)
+            // Messages still on their way to a partition are matched now (dropped: the interface is stopping), by
+            // the partitions' threads, which then end; what that hands the LND is swept below.
+            ni.incoming?.shutdown()
             let leftovers = ni.takeAllPending()
             if !leftovers.isEmpty {
                 ni.counters.recordUnfinalizedAtShutdown(leftovers.count)

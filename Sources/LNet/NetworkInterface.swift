@@ -22,6 +22,8 @@ public final class LNetNI: Sendable, CustomStringConvertible {
 
     let lnet: LNet
     let counters: NICounters
+    /// Early placement of incoming messages (`nil` under ``PlacementPolicy/peerHash``: matched where received).
+    let incoming: IncomingPlacement?
     /// Messages handed to the LND and not yet finalized: an intrusive list through the messages themselves.
     private struct Tracked {
         var head: LNetMessage?
@@ -30,7 +32,7 @@ public final class LNetNI: Sendable, CustomStringConvertible {
     private let pending = Mutex(Tracked())
     private let stopping = Atomic<Bool>(false)
 
-    init(lnet: LNet, nid: NID, configuration: NetworkInterfaceConfiguration, lnd: any LNetLND, logger: Logger) {
+    init(lnet: LNet, nid: NID, configuration: NetworkInterfaceConfiguration, lnd: any LNetLND, logger: Logger) throws(LNetError) {
         self.lnet = lnet
         self.nid = nid
         self.configuration = configuration
@@ -40,6 +42,8 @@ public final class LNetNI: Sendable, CustomStringConvertible {
         self.logger = logger
         self.partitions = lnet.configuration.partitions
         self.placement = lnet.configuration.placement
+        self.incoming = placement == .peerHash ? nil
+            : try IncomingPlacement(policy: placement, partitions: partitions, name: "lnet-cpt")
         self.counters = NICounters(nid: nid, prefix: lnet.configuration.metricsPrefix,
                                    perPeerMetrics: lnet.configuration.perPeerMetrics,
                                    factory: lnet.configuration.metricsFactory)
@@ -102,7 +106,35 @@ public final class LNetNI: Sendable, CustomStringConvertible {
         reply.setLengths(requested: max(0, length), matched: clamped)
     }
 
-    /// The partition for an incoming message under the instance's placement policy.
+    /// Hands an incoming message to the core on the CPU partition the instance's ``placement`` chooses (early
+    /// placement): as ``parse(header:from:context:wantsRDMA:)``, but under ``PlacementPolicy/hints`` or
+    /// ``PlacementPolicy/roundRobin`` the message is matched, and its events delivered, by a service thread of its
+    /// partition (bound to that partition's CPUs), or inline when that partition is the receiving thread's and
+    /// nothing of the peer's is ahead of it. `order` keeps the peer's messages matched in arrival order; pass the
+    /// same one for every message of a connection, from one thread at a time. The core then calls the LND back
+    /// (`receive`, `send` of a REPLY, or `drop`) from that thread. Under ``PlacementPolicy/peerHash`` (or with no
+    /// `order`) this is ``parse(header:from:context:wantsRDMA:)``.
+    public func parse(header: LNetHeader, from: NID, context: (any LNDPrivate)?, wantsRDMA: Bool,
+                      order: LNetIncomingOrder?) {
+        guard let incoming, let order else {
+            parse(header: header, from: from, context: context, wantsRDMA: wantsRDMA)
+            return
+        }
+        counters.recordParsed(header.type)
+        incoming.place(ni: self, header: header, from: from, context: context, wantsRDMA: wantsRDMA, order: order)
+    }
+
+    /// A producer for a receiving thread of `partition` (`nil`: of none), or `nil` when messages are matched where
+    /// they are received (``PlacementPolicy/peerHash``). See ``LNetPlacementProducer``.
+    public func makePlacementProducer(partition: Int?) -> LNetPlacementProducer? {
+        incoming?.makeProducer(partition: partition)
+    }
+
+    /// The early placement's counters (`nil` under ``PlacementPolicy/peerHash``).
+    public var placementStatistics: LNetPlacementStatistics? { incoming?.statistics }
+
+    /// The partition for an incoming message under the instance's placement policy (by the peer's NID under
+    /// ``PlacementPolicy/roundRobin``, which has no fixed partition).
     public func partition(for header: LNetHeader) -> Int {
         partitions.partition(peer: header.source.nid, hints: header.hints, policy: placement)
     }

@@ -57,6 +57,7 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
     let placement: @Sendable (Item) -> Int
     private let orderingKey: @Sendable (Item) -> UInt64
     private let handler: @Sendable (Item, Int) -> Void
+    private let discard: (@Sendable (Item) -> Void)?
     private let partitions: [Partition]
     private let producers = Mutex<[WeakProducer]>([])
     private let threads = Mutex<[ServiceThread]>([])
@@ -81,14 +82,19 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
     ///   - logger: where the scheduler logs (nothing when `nil`).
     ///   - placement: the partition for an item (reduced modulo the partition count).
     ///   - orderingKey: the peer an item belongs to; items with one key are handled in submission order.
+    ///   - bindThreads: bind each service thread to its partition's CPUs (``CPUPartitionTable/cpus``).
+    ///   - discard: called with an item submitted after ``shutdown()`` (which is not handled), so an owner that
+    ///     must finish every item can finish it itself.
     ///   - handler: handles one item on a service thread of the given partition.
     public init(configuration: QueueletConfiguration, name: String = "queuelet", logger: Logger? = nil,
                 placement: @escaping @Sendable (Item) -> Int, orderingKey: @escaping @Sendable (Item) -> UInt64,
+                bindThreads: Bool = false, discard: (@Sendable (Item) -> Void)? = nil,
                 handler: @escaping @Sendable (Item, _ partition: Int) -> Void) throws(LNetError) {
         self.configuration = configuration
         self.placement = placement
         self.orderingKey = orderingKey
         self.handler = handler
+        self.discard = discard
         self.logger = logger ?? Logger(label: "lnet.queuelet", factory: { _ in SwiftLogNoOpLogHandler() })
         self.partitions = (0..<configuration.partitions.count).map { Partition(index: $0) }
         // The ticker's first pass is due one tick from now: no producer exists yet, so none of its queuelets can
@@ -97,7 +103,8 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
         // Every thread is made before any starts, so a partition's list is complete before its threads run.
         for partition in partitions {
             partition.threads = try (0..<configuration.threadsPerPartition).map { (thread) throws(LNetError) in
-                try ServiceThread(name: "\(name.prefix(8))\(partition.index).\(thread)")
+                try ServiceThread(name: "\(name.prefix(8))\(partition.index).\(thread)",
+                                  cpus: bindThreads ? configuration.partitions.cpus[partition.index] : [])
             }
         }
         ticker = configuration.batchSize > 1 ? try ServiceThread(name: "\(name.prefix(8))-tick") : nil
@@ -194,7 +201,21 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
 
     func noteSubmitted() { submitted.add(1, ordering: .relaxed) }
 
-    func noteDiscarded() { discarded.add(1, ordering: .relaxed) }
+    func noteDiscarded(_ item: Item) {
+        discarded.add(1, ordering: .relaxed)
+        discard?(item)
+    }
+
+    /// Hands `items` to `partition` as one queuelet at once, bypassing producers (the caller keeps their order
+    /// against its other hand-offs itself); the partition's thread is woken. Returns `false`, handing nothing,
+    /// once the scheduler no longer accepts work.
+    func handOffDirectly(_ items: [Item], to partition: Int) -> Bool {
+        guard isAcceptingWork, !items.isEmpty else { return false }
+        submitted.add(items.count, ordering: .relaxed)
+        handOff(items, to: partition, partial: true)
+        wake(partition)
+        return true
+    }
 
     /// Appends a queuelet to a partition's staging list. Called with the producer's lock held so one producer's
     /// queuelets reach a partition in the order they were filled.
@@ -321,7 +342,7 @@ public final class QueueletProducer<Item: Sendable>: Sendable {
     /// Adds an item to its partition's queuelet, handing the queuelet over when it is full.
     public func submit(_ item: Item) {
         guard scheduler.isAcceptingWork else {
-            scheduler.noteDiscarded()
+            scheduler.noteDiscarded(item)
             return
         }
         scheduler.noteSubmitted()

@@ -82,7 +82,8 @@ final class ControlNode: Sendable {
         }
         var lnetLogger = logger
         lnetLogger[metadataKey: "component"] = "lnet"
-        let lnet = LNet(configuration: LNet.Configuration(pid: options.pid, ackTimeout: try transactionTimeout(environment)), logger: lnetLogger)
+        let lnet = LNet(configuration: LNet.Configuration(pid: options.pid, placement: try placementPolicy(environment),
+                                                           ackTimeout: try transactionTimeout(environment)), logger: lnetLogger)
         let nid: NID
         do {
             switch interface.network.type {
@@ -154,4 +155,15 @@ func transactionTimeout(_ environment: [String: String] = ProcessInfo.processInf
         throw CommandFailure("LNET_TRANSACTION_TIMEOUT=\(text) is not valid; allowed: 0...3600 seconds (0: wait forever)")
     }
     return seconds == 0 ? nil : .seconds(seconds)
+}
+
+/// `LNET_PLACEMENT`: where incoming messages are matched (``LNet/Configuration/placement``): `nid` (default: on the
+/// scheduler thread of the peer, client affinity), `hint` (on the partition of the message's hints, object
+/// affinity) or `none` (round robin).
+func placementPolicy(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws(CommandFailure) -> PlacementPolicy {
+    guard let text = environment["LNET_PLACEMENT"] else { return .peerHash }
+    guard let policy = PlacementPolicy(name: text) else {
+        throw CommandFailure("LNET_PLACEMENT=\(text) is not valid; allowed: nid, hint, none")
+    }
+    return policy
 }

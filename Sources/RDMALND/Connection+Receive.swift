@@ -120,7 +120,8 @@ extension Connection {
 
     /// One receive completion: decoded, then (under one lock) stashed if the connection is not established yet
     /// (`stash`: while connecting, and until the early ones are handled, arrival order is kept), checked,
-    /// credited and handled; an LNet message is handed to LNet's parse once the lock is released.
+    /// credited and handled; an LNet message is handed to LNet's parse once the lock is released (matched here, or
+    /// placed on the partition `LNET_PLACEMENT` names, in the peer's order).
     private func handleReceive(slot: Int, completion: WorkCompletion, _ resources: Resources, stash: Bool) {
         guard completion.status.isSuccess else {
             var deferred = Deferred()
@@ -173,7 +174,8 @@ extension Connection {
         }
         deferred.run()
         if let (header, receiveContext) = delivery {
-            context.ni.parse(header: header, from: peer, context: receiveContext, wantsRDMA: receiveContext.wantsRDMA)
+            context.ni.parse(header: header, from: peer, context: receiveContext, wantsRDMA: receiveContext.wantsRDMA,
+                             order: incomingOrder)
         }
     }
 

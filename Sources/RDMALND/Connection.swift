@@ -73,6 +73,9 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
     let peer: NID
     let role: Role
     let scheduler: Scheduler
+    /// Keeps this peer's incoming messages matched in arrival order when they are placed on other partitions
+    /// (`nil` when LNet matches them on the scheduler thread, under `LNET_PLACEMENT=nid`).
+    let incomingOrder: LNetIncomingOrder?
     let created: Tick
     let state: Mutex<State>
     let logger: Logger
@@ -91,6 +94,7 @@ final class Connection: @unchecked Sendable, CustomStringConvertible {
         self.peer = peer
         self.role = role
         self.scheduler = scheduler
+        self.incomingOrder = scheduler.placement?.makeOrder()
         self.state = Mutex(State(addressing: WireAddressing(source: context.nid.rawValue, sourceStamp: context.stamp,
                                                             destination: peer.rawValue, destinationStamp: 0)))
         var logger = context.logger

@@ -55,7 +55,7 @@ final class LNDRuntime: @unchecked Sendable {
                              registrar: LNDRegistrar(protectionDomain: protectionDomain, tunables: tunables, memoryLock: budget), pool: pool, readDepth: readDepth,
                              maxScatterGather: min(limits.maxScatterGather, 16), registrationWorker: worker)
         for index in 0..<tunables.effectiveSchedulers {
-            schedulers.append(try Scheduler(index: index, context: device, logger: logger, partitions: ni.partitions, tunables: tunables))
+            schedulers.append(try Scheduler(index: index, context: device, logger: logger, ni: ni, tunables: tunables))
         }
         manager = try ConnectionManager(channel: channel, listener: listener, runtime: self)
         try listener.listen()

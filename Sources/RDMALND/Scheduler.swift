@@ -28,6 +28,9 @@ final class Scheduler: @unchecked Sendable {
     let partition: Int
     let channel: CompletionChannel
     let thread: ServiceThread
+    /// The thread's queuelets towards LNet's partitions, when incoming messages are placed (`LNET_PLACEMENT`
+    /// `hint` or `none`); flushed whenever the thread has handled what it found.
+    let placement: LNetPlacementProducer?
     private let mode: PollMode
     private let window: UInt64
     private let vectors: Int
@@ -52,9 +55,11 @@ final class Scheduler: @unchecked Sendable {
     /// How long one burst is served before the thread looks at its other connections and timers.
     static let burstLimit: UInt64 = 2_000_000
 
-    init(index: Int, context: DeviceContext, logger: Logger, partitions: CPUPartitionTable, tunables: LNDTunables) throws {
+    init(index: Int, context: DeviceContext, logger: Logger, ni: LNetNI, tunables: LNDTunables) throws {
+        let partitions = ni.partitions
         self.index = index
         self.partition = index % max(1, partitions.count)
+        self.placement = ni.makePlacementProducer(partition: partition)
         self.vectors = max(1, context.completionVectorCount)
         self.channel = try CompletionChannel(context: context)
         self.thread = try ServiceThread(name: "o2ib-sched-\(index)", cpus: partitions.count > 0 ? partitions.cpus[partition] : [])
@@ -166,6 +171,7 @@ final class Scheduler: @unchecked Sendable {
                 ready.append(contentsOf: snapshot)
             }
             if !ready.isEmpty { serve(ready, thread) }
+            placement?.flush()
             let now = Tick.coarse
             if now.since(lastTimers) >= Self.timerInterval {
                 lastTimers = now
@@ -231,6 +237,9 @@ final class Scheduler: @unchecked Sendable {
                 idleSince = nil
                 continue
             }
+            // The first quiet pass hands the messages placed on other partitions over (a partial queuelet), so
+            // they do not wait while this thread polls for its own completions.
+            if idlePasses == 0 { placement?.flush() }
             switch mode {
             case .busy: return
             case .events: if !awaiting || window == 0 { return }

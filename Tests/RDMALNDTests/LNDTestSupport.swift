@@ -26,23 +26,25 @@ final class LNDNode: Sendable {
     let id: ProcessID
     let ni: LNetNI
 
-    init(address: String, tunables: LNDTunables, pid: UInt32 = 4242, logLevel: Logger.Level = .warning) throws {
+    init(address: String, tunables: LNDTunables, pid: UInt32 = 4242, placement: PlacementPolicy = .peerHash,
+         logLevel: Logger.Level = .warning) throws {
         var logger = Logger(label: "test.o2ib.\(address)")
         logger.logLevel = ProcessInfo.processInfo.environment["LND_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? logLevel
         lnd = RDMALND(tunables: tunables, logger: logger)
-        lnet = LNet(configuration: LNet.Configuration(pid: pid), logger: logger)
+        lnet = LNet(configuration: LNet.Configuration(pid: pid, placement: placement), logger: logger)
         ni = try lnet.addInterface(NetworkInterfaceConfiguration(parsing: "o2ib(rxe0:\(address))"), lnd: lnd)
         id = ProcessID(nid: ni.nid, pid: pid)
     }
 
     /// Two nodes, server on 192.0.2.1 and client on 192.0.2.2, on a fresh service port.
-    static func pair(_ configure: (inout LNDTunables) -> Void = { _ in }) throws -> (server: LNDNode, client: LNDNode) {
+    static func pair(placement: PlacementPolicy = .peerHash, _ configure: (inout LNDTunables) -> Void = { _ in }) throws
+        -> (server: LNDNode, client: LNDNode) {
         var tunables = LNDTunables()
         tunables.servicePort = LNDTestDevice.port()
         tunables.schedulers = 2
         tunables.timeout = 10
         configure(&tunables)
-        return (try LNDNode(address: LNDTestDevice.serverAddress, tunables: tunables),
+        return (try LNDNode(address: LNDTestDevice.serverAddress, tunables: tunables, placement: placement),
                 try LNDNode(address: LNDTestDevice.clientAddress, tunables: tunables))
     }
 

@@ -41,4 +41,63 @@ import Testing
         let toServer = try #require(client.lnd.connections.first)
         #expect(client.ni.partitions.partition(forPeer: server.id.nid) == toServer.scheduler % client.ni.partitions.count)
     }
+
+    /// Early placement over rxe (`LNET_PLACEMENT`): 1,000 PUTs and GETs from one peer on one portal, eager and
+    /// bulk, each with hints that change from one message to the next (so under `hint` and `none` consecutive
+    /// messages are matched on different partitions). Use-once entry `k` is matched by message `k` only if the
+    /// server matches them in arrival order; every operation completes on the client.
+    @Test(arguments: [PlacementPolicy.peerHash, .hints, .roundRobin])
+    func onePeersMessagesAreMatchedInArrivalOrderWhateverPartitionMatchesThem(_ policy: PlacementPolicy) async throws {
+        let (server, client) = try LNDNode.pair(placement: policy)
+        defer { client.shutdown(); server.shutdown() }
+        let count = 1000
+        let bulk = 32 << 10
+        let serverEQ = EventQueue(capacity: 4 * count)
+        for k in 0..<count {
+            _ = try server.lnet.attach(MatchEntry(portal: 31, matchBits: 7),
+                                       descriptor: MemoryDescriptor(buffer: try LNetBuffer(count: bulk), threshold: .count(1),
+                                                                    options: [.put, .get], eventQueue: serverEQ, userInfo: k))
+        }
+        let clientEQ = EventQueue(capacity: 4 * count)
+        for k in 0..<count {
+            // Eager PUT, bulk PUT, eager GET, bulk GET, in turn.
+            let size = k % 2 == 0 ? 256 : bulk
+            let md = try client.lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(count: size), threshold: .count(2), eventQueue: clientEQ))
+            let hints = LNetHints(major: UInt64(k % 7), minor: UInt64(k / 7))
+            if k % 4 < 2 {
+                try client.lnet.put(md, to: server.id, portal: 31, matchBits: 7, hints: hints)
+            } else {
+                try client.lnet.get(md, from: server.id, portal: 31, matchBits: 7, hints: hints)
+            }
+        }
+        var outOfOrder: [String] = []
+        var matched = 0
+        while matched < count {
+            let event = try await serverEQ.next(timeout: .seconds(30))
+            guard event.kind == .put || event.kind == .get else { continue }
+            #expect(event.status == .ok)
+            matched += 1
+            let entry = try #require(event.userInfo as? Int)
+            let message = Int(event.hints.major) + 7 * Int(event.hints.minor)
+            if message != entry { outOfOrder.append("message \(message) matched entry \(entry)") }
+        }
+        #expect(outOfOrder.count == 0, "\(outOfOrder.count) out of order under \(policy), first: \(outOfOrder.prefix(5))")
+        var completed = 0
+        while completed < count {
+            let event = try await clientEQ.next(timeout: .seconds(30))
+            guard event.kind == .ack || event.kind == .reply else { continue }
+            #expect(event.status == .ok, "\(event)")
+            completed += 1
+        }
+        if policy == .peerHash {
+            #expect(server.ni.placementStatistics == nil)
+        } else {
+            let statistics = try #require(server.ni.placementStatistics)
+            #expect(statistics.matchedPerPartition.reduce(0, +) == count)
+            if server.ni.partitions.count > 1 {
+                #expect(statistics.matchedPerPartition.allSatisfy { $0 > 0 }, "\(statistics.matchedPerPartition)")
+                #expect(statistics.crossPartition > 0)
+            }
+        }
+    }
 }

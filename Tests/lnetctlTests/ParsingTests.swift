@@ -45,6 +45,18 @@ import RDMALND
         #expect(throws: (any Error).self) { try Lnetctl.parseAsRoot(arguments) }
     }
 
+    @Test func placementVariable() throws {
+        #expect(try placementPolicy([:]) == .peerHash)
+        #expect(try placementPolicy(["LNET_PLACEMENT": "hint"]) == .hints)
+        #expect(try placementPolicy(["LNET_PLACEMENT": "none"]) == .roundRobin)
+        #expect(throws: CommandFailure.self) { try placementPolicy(["LNET_PLACEMENT": "object"]) }
+        do {
+            _ = try placementPolicy(["LNET_PLACEMENT": "cpt"])
+        } catch {
+            #expect(error.description.contains("LNET_PLACEMENT") && error.description.contains("nid, hint, none"))
+        }
+    }
+
     @Test func byteCounts() {
         let cases: [(String, Int?)] = [("4096", 4096), ("4K", 4096), ("64KiB", 65536), ("64kb", 65536), ("1M", 1 << 20), ("1MiB", 1 << 20),
                                        ("2GiB", 2 << 30), ("", nil), ("MiB", nil), ("1.5M", nil), ("-1", nil), ("1T", nil)]

@@ -1,0 +1,220 @@
+import DequeModule
+import Synchronization
+
+// Early placement of incoming messages (issue 14, seed 001): an LND hands each incoming PUT or GET to the core with
+// ``LNetNI/parse(header:from:context:wantsRDMA:order:)``; under `hint` or `none` the core matches it on the CPU
+// partition the policy names, on that partition's service thread (bound to the partition's CPUs), and the
+// message's events are delivered there. The LND keeps its own per-peer work (credits, completions, the
+// connection's state) on the peer's scheduler thread, as o2iblnd does.
+//
+// Order: one peer's messages are matched in the order they arrived, whatever partition handles each. A
+// connection's ``LNetIncomingOrder`` lets a message go to partition P only when every earlier message of the peer
+// still in flight went to P too and none waits; otherwise it waits behind them. When the last one in flight is
+// matched, the next run of waiting messages bound for one partition is handed to that partition in one piece,
+// before the gate's lock is released (so a message arriving meanwhile cannot get ahead of it).
+
+/// One incoming message on its way to its partition.
+struct PlacedMessage: Sendable {
+    let ni: LNetNI
+    let header: LNetHeader
+    let from: NID
+    let context: (any LNDPrivate)?
+    let wantsRDMA: Bool
+    let order: LNetIncomingOrder
+    let partition: Int
+}
+
+/// Counters of an interface's early placement (``LNetNI/placementStatistics``).
+public struct LNetPlacementStatistics: Hashable, Sendable {
+    /// The policy.
+    public var policy: PlacementPolicy
+    /// Messages matched on each partition (inline on the receiving thread, or by the partition's service thread).
+    public var matchedPerPartition: [Int]
+    /// Messages matched inline, on the LND thread that received them (their partition was that thread's and nothing
+    /// of the peer's was ahead of them).
+    public var inline: Int
+    /// Messages handed to a partition other than the receiving thread's (cross-partition hand-offs).
+    public var crossPartition: Int
+    /// Messages that waited behind an earlier message of their peer handled on another partition (to keep order).
+    public var heldForOrder: Int
+    /// The queuelets that carried messages to the partitions' threads (hand-offs, batch sizes).
+    public var queuelets: QueueletStatistics
+}
+
+/// The thread an LND receives on: its partition, and its private queuelets towards the partitions' threads. Make one
+/// per receiving thread with ``LNetNI/makePlacementProducer(partition:)`` and call ``flush()`` when the thread has
+/// handled what it found (before it sleeps), so a message never waits for a queuelet to fill.
+public final class LNetPlacementProducer: Sendable {
+    /// The partition of the receiving thread (`nil`: none; every message is handed to its partition's thread).
+    public let partition: Int?
+    let producer: QueueletProducer<PlacedMessage>
+    let placement: IncomingPlacement
+
+    init(partition: Int?, placement: IncomingPlacement) {
+        self.partition = partition
+        self.placement = placement
+        self.producer = placement.scheduler.makeProducer()
+    }
+
+    /// Hands the partial queuelets to their partitions now.
+    public func flush() { producer.flush() }
+
+    /// Keeps one peer's incoming messages in arrival order: make one per connection (``LNetIncomingOrder``).
+    public func makeOrder() -> LNetIncomingOrder { LNetIncomingOrder(producer: self) }
+}
+
+/// The arrival order of one peer's (one connection's) incoming messages, kept across partitions. An LND makes one
+/// per connection (``LNetPlacementProducer/makeOrder()``) and passes it to every
+/// ``LNetNI/parse(header:from:context:wantsRDMA:order:)`` of that connection, from one thread at a time.
+public final class LNetIncomingOrder: Sendable {
+    struct State {
+        /// The partition the in-flight messages went to.
+        var partition = 0
+        /// Messages handed to `partition` and not matched yet.
+        var inFlight = 0
+        /// Messages waiting for the in-flight ones (their partition differs, or others wait before them).
+        var waiting = Deque<PlacedMessage>()
+    }
+
+    let producer: LNetPlacementProducer
+    let state = Mutex(State())
+
+    init(producer: LNetPlacementProducer) { self.producer = producer }
+
+    /// Messages of this peer waiting for an earlier one to be matched.
+    public var waitingCount: Int { state.withLock { $0.waiting.count } }
+}
+
+/// The core's side of early placement: the partitions' service threads and the counters.
+final class IncomingPlacement: Sendable {
+    let policy: PlacementPolicy
+    let partitions: CPUPartitionTable
+    let scheduler: QueueletScheduler<PlacedMessage>
+    /// Set (under its lock) before the scheduler shuts down: from then on a run released by a gate is matched on
+    /// the thread that released it, since the partitions' threads may have ended.
+    private let closed = Mutex(false)
+    private let nextRoundRobin = Atomic<Int>(0)
+    private let inlineCounts: Mutex<[Int]>
+    private let crossPartition = Atomic<Int>(0)
+    private let held = Atomic<Int>(0)
+
+    init(policy: PlacementPolicy, partitions: CPUPartitionTable, name: String) throws(LNetError) {
+        self.policy = policy
+        self.partitions = partitions
+        self.inlineCounts = Mutex(Array(repeating: 0, count: partitions.count))
+        // One thread per partition: a partition's queuelets are handled in hand-off order, which the gates rely
+        // on. Batches are flushed by their producer after every pass, so the delay bound is a backstop.
+        let configuration = QueueletConfiguration(partitions: partitions, threadsPerPartition: 1, batchSize: 32,
+                                                  maxBatchDelay: .microseconds(200), orderedPerPeer: false)
+        self.scheduler = try QueueletScheduler(
+            configuration: configuration, name: name, placement: { $0.partition },
+            orderingKey: { $0.from.rawValue }, bindThreads: true,
+            discard: { IncomingPlacement.matchInline($0) },
+            handler: { message, _ in IncomingPlacement.match(message) })
+    }
+
+    /// The partition for an incoming message from `from` with `header`.
+    func partition(for header: LNetHeader, from: NID) -> Int {
+        switch policy {
+        case .roundRobin:
+            return Int(UInt(bitPattern: nextRoundRobin.add(1, ordering: .relaxed).newValue) % UInt(partitions.count))
+        case .peerHash, .hints:
+            return partitions.partition(peer: from, hints: header.hints, policy: policy)
+        }
+    }
+
+    /// Places one incoming message: matched here (inline), handed to its partition, or held behind its peer's
+    /// earlier messages.
+    func place(ni: LNetNI, header: LNetHeader, from: NID, context: (any LNDPrivate)?, wantsRDMA: Bool,
+               order: LNetIncomingOrder) {
+        let target = partition(for: header, from: from)
+        let message = PlacedMessage(ni: ni, header: header, from: from, context: context, wantsRDMA: wantsRDMA,
+                                    order: order, partition: target)
+        enum Decision { case inline, queue, held }
+        let here = order.producer.partition
+        let decision = order.state.withLock { state -> Decision in
+            if state.waiting.isEmpty {
+                if state.inFlight == 0 {
+                    state.partition = target
+                    state.inFlight = 1
+                    return target == here ? .inline : .queue
+                }
+                if state.partition == target {
+                    state.inFlight += 1
+                    return .queue
+                }
+            }
+            state.waiting.append(message)
+            return .held
+        }
+        switch decision {
+        case .inline:
+            inlineCounts.withLock { $0[target] += 1 }
+            Self.match(message)
+        case .queue:
+            if target != here { crossPartition.add(1, ordering: .relaxed) }
+            order.producer.producer.submit(message)
+        case .held:
+            held.add(1, ordering: .relaxed)
+            if target != here { crossPartition.add(1, ordering: .relaxed) }
+        }
+    }
+
+    /// Matches a message (on its partition's thread, or inline), then lets its peer's next waiting run go.
+    static func match(_ message: PlacedMessage) {
+        var next: PlacedMessage? = message
+        // Runs released after shutdown began are matched here, one after another (not recursively).
+        var released: Deque<PlacedMessage> = []
+        while let current = next ?? released.popFirst() {
+            next = nil
+            _ = current.ni.lnet.parse(ni: current.ni, header: current.header, from: current.from, context: current.context,
+                                  wantsRDMA: current.wantsRDMA)
+            if let run = current.ni.incoming?.matched(current.order) { released.append(contentsOf: run) }
+        }
+    }
+
+    /// A message submitted after shutdown: matched on the submitting thread (the interface is stopping, so the
+    /// core drops it with status `shutdown`, and the LND learns it).
+    static func matchInline(_ message: PlacedMessage) { match(message) }
+
+    /// One of `order`'s in-flight messages was matched. When it was the last, hands the next run of waiting
+    /// messages (those bound for one partition) to that partition before the gate's lock is released; returns the
+    /// run instead when the partitions' threads are stopping (the caller matches it).
+    func matched(_ order: LNetIncomingOrder) -> [PlacedMessage]? {
+        order.state.withLock { state -> [PlacedMessage]? in
+            state.inFlight -= 1
+            guard state.inFlight == 0, let first = state.waiting.first else { return nil }
+            var run: [PlacedMessage] = []
+            while let candidate = state.waiting.first, candidate.partition == first.partition {
+                run.append(candidate)
+                state.waiting.removeFirst()
+            }
+            state.partition = first.partition
+            state.inFlight = run.count
+            let handed = closed.withLock { closed in !closed && scheduler.handOffDirectly(run, to: first.partition) }
+            return handed ? nil : run
+        }
+    }
+
+    /// Producer for the thread of `partition` (`nil`: a thread of no partition).
+    func makeProducer(partition: Int?) -> LNetPlacementProducer {
+        LNetPlacementProducer(partition: partition.map { $0 % partitions.count }, placement: self)
+    }
+
+    var statistics: LNetPlacementStatistics {
+        let queuelets = scheduler.statistics
+        let inline = inlineCounts.withLock { $0 }
+        return LNetPlacementStatistics(
+            policy: policy,
+            matchedPerPartition: zip(inline, queuelets.handledPerPartition).map { $0 + $1 },
+            inline: inline.reduce(0, +), crossPartition: crossPartition.load(ordering: .relaxed),
+            heldForOrder: held.load(ordering: .relaxed), queuelets: queuelets)
+    }
+
+    /// Lets the partitions' threads match everything handed to them and stops them; runs released from then on,
+    /// and messages submitted afterwards, are matched on the thread that releases or submits them.
+    func shutdown() {
+        closed.withLock { $0 = true }
+        scheduler.shutdown()
+    }
+}
