@@ -174,6 +174,7 @@ extension Connection {
         }
         deferred.run()
         if let (header, receiveContext) = delivery {
+            context.observeArrival?(peer, header)
             context.ni.parse(header: header, from: peer, context: receiveContext, wantsRDMA: receiveContext.wantsRDMA,
                              order: incomingOrder)
         }

@@ -22,9 +22,13 @@ final class LNDContext: Sendable {
     /// Where slow registrations run (`LND_REGISTRATION_OFFLOAD`).
     let registrationWorker: RegistrationWorker
     let counters = LNDCounters()
+    /// See ``RDMALND/observeArrival``.
+    let observeArrival: (@Sendable (NID, LNetHeader) -> Void)?
 
     init(ni: LNetNI, tunables: LNDTunables, stamp: UInt64, logger: Logger, protectionDomain: ProtectionDomain,
-         registrar: LNDRegistrar, pool: TransmitPool, readDepth: UInt8, maxScatterGather: Int, registrationWorker: RegistrationWorker) {
+         registrar: LNDRegistrar, pool: TransmitPool, readDepth: UInt8, maxScatterGather: Int, registrationWorker: RegistrationWorker,
+         observeArrival: (@Sendable (NID, LNetHeader) -> Void)? = nil) {
+        self.observeArrival = observeArrival
         self.ni = ni
         self.tunables = tunables
         self.stamp = stamp

@@ -19,7 +19,8 @@ final class LNDRuntime: @unchecked Sendable {
     private let failedAttempts = Mutex<[NID: Int]>([:])
     private let stopping = Atomic<Bool>(false)
 
-    init(ni: LNetNI, tunables: LNDTunables, logger: Logger, expectedDevice: String?) throws {
+    init(ni: LNetNI, tunables: LNDTunables, logger: Logger, expectedDevice: String?,
+         observeArrival: (@Sendable (NID, LNetHeader) -> Void)? = nil) throws {
         var logger = logger
         logger[metadataKey: "ni"] = "\(ni.nid)"
         let budget = MemoryLockBudget.current(tunables: tunables)
@@ -53,7 +54,8 @@ final class LNDRuntime: @unchecked Sendable {
         let worker = try RegistrationWorker()
         context = LNDContext(ni: ni, tunables: tunables, stamp: stamp, logger: logger, protectionDomain: protectionDomain,
                              registrar: LNDRegistrar(protectionDomain: protectionDomain, tunables: tunables, memoryLock: budget), pool: pool, readDepth: readDepth,
-                             maxScatterGather: min(limits.maxScatterGather, 16), registrationWorker: worker)
+                             maxScatterGather: min(limits.maxScatterGather, 16), registrationWorker: worker,
+                             observeArrival: observeArrival)
         for index in 0..<tunables.effectiveSchedulers {
             schedulers.append(try Scheduler(index: index, context: device, logger: logger, ni: ni, tunables: tunables))
         }

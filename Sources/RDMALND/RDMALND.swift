@@ -15,11 +15,21 @@ public final class RDMALND: LNetLND {
     public let tunables: LNDTunables
     private let baseLogger: Logger
     private let runtime = Mutex<LNDRuntime?>(nil)
+    /// Called with each incoming LNet header, in arrival order per connection, on the scheduler thread, before the
+    /// message is handed to LNet (tests: to check what LNet matched against what arrived).
+    let observeArrival: (@Sendable (NID, LNetHeader) -> Void)?
 
     /// An LND with these tunables.
     public init(tunables: LNDTunables, logger: Logger = Logger(label: "lnet.o2ib")) {
         self.tunables = tunables
         self.baseLogger = logger
+        self.observeArrival = nil
+    }
+
+    init(tunables: LNDTunables, logger: Logger, observeArrival: @escaping @Sendable (NID, LNetHeader) -> Void) {
+        self.tunables = tunables
+        self.baseLogger = logger
+        self.observeArrival = observeArrival
     }
 
     /// An LND tuned by the environment (`LND_*`); a bad value is an error naming the variable and its range.
@@ -55,7 +65,8 @@ public final class RDMALND: LNetLND {
 
     public func startup(ni: LNetNI) throws(LNetError) {
         do {
-            let started = try LNDRuntime(ni: ni, tunables: tunables, logger: baseLogger, expectedDevice: deviceName(for: ni.configuration))
+            let started = try LNDRuntime(ni: ni, tunables: tunables, logger: baseLogger, expectedDevice: deviceName(for: ni.configuration),
+                                         observeArrival: observeArrival)
             runtime.withLock { $0 = started }
         } catch {
             throw LNetError.lndStartupFailed(network: ni.network, reason: "\(error)", cause: .init(error))

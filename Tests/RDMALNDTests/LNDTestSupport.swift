@@ -19,6 +19,11 @@ enum LNDTestDevice {
     static func port() -> Int { nextPort.add(1, ordering: .relaxed).newValue }
 }
 
+/// Incoming LNet headers in the order the LND decoded them.
+final class ArrivalLog: Sendable {
+    let headers = Mutex<[LNetHeader]>([])
+}
+
 /// One LNet node with an o2ib interface on one of the test bed's addresses.
 final class LNDNode: Sendable {
     let lnet: LNet
@@ -26,25 +31,30 @@ final class LNDNode: Sendable {
     let id: ProcessID
     let ni: LNetNI
 
+    /// The LNet headers of PUTs and GETs as they arrived, when made with `recordArrivals`.
+    let arrivals = ArrivalLog()
+
     init(address: String, tunables: LNDTunables, pid: UInt32 = 4242, placement: PlacementPolicy = .peerHash,
-         logLevel: Logger.Level = .warning) throws {
+         recordArrivals: Bool = false, logLevel: Logger.Level = .warning) throws {
         var logger = Logger(label: "test.o2ib.\(address)")
         logger.logLevel = ProcessInfo.processInfo.environment["LND_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? logLevel
-        lnd = RDMALND(tunables: tunables, logger: logger)
+        let arrivals = self.arrivals
+        lnd = recordArrivals ? RDMALND(tunables: tunables, logger: logger, observeArrival: { _, header in arrivals.headers.withLock { $0.append(header) } })
+            : RDMALND(tunables: tunables, logger: logger)
         lnet = LNet(configuration: LNet.Configuration(pid: pid, placement: placement), logger: logger)
         ni = try lnet.addInterface(NetworkInterfaceConfiguration(parsing: "o2ib(rxe0:\(address))"), lnd: lnd)
         id = ProcessID(nid: ni.nid, pid: pid)
     }
 
     /// Two nodes, server on 192.0.2.1 and client on 192.0.2.2, on a fresh service port.
-    static func pair(placement: PlacementPolicy = .peerHash, _ configure: (inout LNDTunables) -> Void = { _ in }) throws
+    static func pair(placement: PlacementPolicy = .peerHash, recordArrivals: Bool = false, _ configure: (inout LNDTunables) -> Void = { _ in }) throws
         -> (server: LNDNode, client: LNDNode) {
         var tunables = LNDTunables()
         tunables.servicePort = LNDTestDevice.port()
         tunables.schedulers = 2
         tunables.timeout = 10
         configure(&tunables)
-        return (try LNDNode(address: LNDTestDevice.serverAddress, tunables: tunables, placement: placement),
+        return (try LNDNode(address: LNDTestDevice.serverAddress, tunables: tunables, placement: placement, recordArrivals: recordArrivals),
                 try LNDNode(address: LNDTestDevice.clientAddress, tunables: tunables))
     }
 
