@@ -104,6 +104,7 @@ struct DurationArgument: ExpressibleByArgument, Sendable, Equatable {
 
 extension BulkMode: ExpressibleByArgument {}
 extension SelftestOp: ExpressibleByArgument {}
+extension SelftestHint: ExpressibleByArgument {}
 
 extension AdvertisedBulkMode {
     init(_ mode: BulkMode) { self = mode == .pull ? .pull : .push }

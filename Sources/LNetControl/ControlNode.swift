@@ -141,9 +141,14 @@ final class ControlNode: Sendable {
         let connections = taken ?? lnd?.connections ?? []
         let lndCounters = lnd?.counters
         let registration = lnd?.registrationStatistics
+        let ni = lnet.interfaces.first { $0.nid.network.type == .o2ib }
+        let placement = ni.map { ni in
+            PlacementReport(policy: ni.placement, receivedPerPartition: lnd?.receivedPerPartition ?? [],
+                            statistics: ni.placementStatistics)
+        }
         shutdown()
         return NodeReport(interfaces: lnet.counters().interfaces, lndCounters: lndCounters, registration: registration,
-                          connectionsAtEnd: connections)
+                          connectionsAtEnd: connections, placement: placement)
     }
 }
 

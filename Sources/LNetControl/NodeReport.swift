@@ -12,6 +12,8 @@ struct NodeReport: Sendable {
     var registration: RegistrationCacheStatistics?
     /// The LND's connections just before shutdown.
     var connectionsAtEnd: [LNDConnectionInfo]
+    /// Where incoming messages were matched (`LNET_PLACEMENT`), just before shutdown.
+    var placement: PlacementReport?
 
     var handed: Int { interfaces.reduce(0) { $0 + $1.messagesHandedToLND } }
     var finalizedOK: Int { interfaces.reduce(0) { $0 + $1.finalizedOK } }
@@ -66,6 +68,8 @@ struct NodeReport: Sendable {
         ])
     }
 
+    var placementJSON: JSONValue { placement?.json ?? .null }
+
     /// One line for the human summary.
     var summaryLine: String {
         var line = "  messages  \(handed) handed to the LND, \(finalizedOK) ok, \(finalizedWithError) failed, "
@@ -75,5 +79,50 @@ struct NodeReport: Sendable {
                 + "\(counters.connectAttemptsFailed) failed attempts"
         }
         return line
+    }
+}
+
+/// Where a node matched the messages it received (`LNET_PLACEMENT`): per CPU partition, what its LND's scheduler
+/// threads received and what was matched there, and how messages moved between partitions.
+struct PlacementReport: Sendable {
+    var policy: PlacementPolicy
+    /// Messages the LND's scheduler threads of each partition received.
+    var receivedPerPartition: [Int]
+    /// Messages matched on each partition (under `nid`: where they were received).
+    var matchedPerPartition: [Int]
+    /// Messages handed to another partition than the receiving thread's.
+    var crossPartition: Int
+    /// Messages that waited behind an earlier one of their peer on another partition.
+    var heldForOrder: Int
+    /// Queuelets handed to the partitions' threads, and their mean size.
+    var queueletHandoffs: Int
+    var meanBatch: Double
+
+    init(policy: PlacementPolicy, receivedPerPartition: [Int], statistics: LNetPlacementStatistics?) {
+        self.policy = policy
+        self.receivedPerPartition = receivedPerPartition
+        self.matchedPerPartition = statistics?.matchedPerPartition ?? receivedPerPartition
+        self.crossPartition = statistics?.crossPartition ?? 0
+        self.heldForOrder = statistics?.heldForOrder ?? 0
+        self.queueletHandoffs = statistics?.queuelets.handoffs ?? 0
+        self.meanBatch = statistics?.queuelets.meanBatch ?? 0
+    }
+
+    var json: JSONValue {
+        .object([
+            "policy": .string(policy.description),
+            "received_per_partition": .array(receivedPerPartition.map { .int($0) }),
+            "matched_per_partition": .array(matchedPerPartition.map { .int($0) }),
+            "cross_partition": .int(crossPartition),
+            "held_for_order": .int(heldForOrder),
+            "queuelet_handoffs": .int(queueletHandoffs),
+            "mean_batch": .number(meanBatch, decimals: 2),
+        ])
+    }
+
+    var line: String {
+        "  placement \(policy): matched per partition \(matchedPerPartition) (received \(receivedPerPartition)), "
+            + "\(crossPartition) handed to another partition, \(heldForOrder) held for order, "
+            + "\(queueletHandoffs) queuelets (mean \(format(meanBatch, 1)))"
     }
 }

@@ -35,6 +35,9 @@ struct SelftestCommand: ReportingCommand {
     @Option(name: .long, help: ArgumentHelp("Bytes per operation (4096, 64KiB, 1MiB, ...), or a range MIN-MAX (1-64KiB, 64KiB-16MiB): each operation then moves a length drawn log-uniformly from it.", valueName: "bytes"))
     var size = ByteCountRange(1 << 20)
 
+    @Option(name: .long, help: ArgumentHelp("Placement hints each operation carries, for a server with LNET_PLACEMENT=hint: object (each slot in flight is one object, major = slot + 1), offset (one object, minor = the operation's sequence number) or none.", valueName: "hint"))
+    var hint: SelftestHint = .none
+
     @Option(name: .long, help: "Operations in flight.")
     var concurrency = 8
 
@@ -117,6 +120,7 @@ struct SelftestCommand: ReportingCommand {
             op: op, size: size.max, minSize: size.isRange ? size.min : nil, concurrency: concurrency,
             count: count ?? (duration == nil ? 100 : nil), duration: duration?.duration, verify: verify,
             operationTimeout: timeout.duration, maxErrors: maxErrors == 0 ? nil : maxErrors)
+        configuration.hint = hint
         if let mode { configuration.requiredServerGetMode = AdvertisedBulkMode(mode) }
         let showProgress = Console.stderrIsTerminal
         if showProgress {
@@ -213,6 +217,7 @@ struct SelftestCommand: ReportingCommand {
             "in_process_server": .bool(inProcess),
             "lnet": report.lnetJSON,
             "lnd": report.lndJSON,
+            "placement": report.placementJSON,
             "passed": .bool(passed),
         ]
         if serve, let served {
@@ -257,6 +262,7 @@ struct SelftestCommand: ReportingCommand {
             }
             if let setupFailure { console.out("  set-up    \(setupFailure)") }
             console.out(report.summaryLine)
+            if let placement = report.placement { console.out(placement.line) }
             if let served {
                 console.out("  served    \(served.sessionsOpened) sessions, \(served.operationsServed) operations, \(formatBytes(served.bytesServed)), \(served.verificationFailures) verification failures")
             }

@@ -105,6 +105,7 @@ struct ServeCommand: AsyncParsableCommand {
                     "max_rss_kib": .uint(usage.maxRSSKiB),
                     "lnet": report.lnetJSON,
                     "lnd": report.lndJSON,
+                    "placement": report.placementJSON,
                     "control_socket": controlServer.map { .string($0.path) } ?? .null,
                 ]))
             } else {
@@ -112,6 +113,7 @@ struct ServeCommand: AsyncParsableCommand {
                             + "\(formatBytes(stats.bytesServed)), \(stats.pingsServed) pings, \(stats.verificationFailures) verification failures; "
                             + "cpu \(format(Double(usage.cpuNanoseconds) / 1e9, 2)) s, peak RSS \(formatBytes(Int(usage.maxRSSKiB) * 1024))")
                 console.out(report.summaryLine)
+                if let placement = report.placement { console.out(placement.line) }
             }
             if let readyFile { try? FileManager.default.removeItem(atPath: readyFile) }
             if let problem = report.accountingProblem {

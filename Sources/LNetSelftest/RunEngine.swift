@@ -181,16 +181,18 @@ final class RunEngine: Sendable {
         state.withLock { state in state.slots[slot].md = md }
         let size = configuration.bytesPerOperation  // slot i's part of the server's buffer is at i x the largest size
         do {
+            let hints = configuration.hint.hints(slot: slot, sequence: sequence)
             switch configuration.op {
             case .read:
                 try lnet.get(md, from: target, portal: SelftestProtocol.dataPortal,
-                             matchBits: SelftestProtocol.matchBits(.data, session: session), offset: slot * size)
+                             matchBits: SelftestProtocol.matchBits(.data, session: session), offset: slot * size, hints: hints)
             case .write:
                 try lnet.put(md, to: target, portal: SelftestProtocol.dataPortal,
                              matchBits: SelftestProtocol.matchBits(.data, session: session), offset: slot * size,
-                             ackRequested: true, headerData: sequence)
+                             ackRequested: true, headerData: sequence, hints: hints)
             case .ping:
-                try lnet.get(md, from: target, portal: SelftestProtocol.pingPortal, matchBits: SelftestProtocol.pingMatchBits)
+                try lnet.get(md, from: target, portal: SelftestProtocol.pingPortal, matchBits: SelftestProtocol.pingMatchBits,
+                             hints: hints)
             }
         } catch {
             // The MD's unlink event completes the operation with this failure.

@@ -3,9 +3,35 @@ import LNet
 import Logging
 import Synchronization
 
+/// The placement hints self-test operations carry (`lnetctl selftest --hint`), for a server whose
+/// `LNET_PLACEMENT` is `hint`.
+public enum SelftestHint: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// No hints: the server places by the client's NID.
+    case none
+    /// Each slot (operation in flight) is one object: major = slot + 1, minor = 0, so each slot's operations stay on
+    /// one partition of the server and the slots spread over its partitions.
+    case object
+    /// One object, offsets moving on: major = 1, minor = the operation's sequence number, so consecutive operations
+    /// go to different partitions.
+    case offset
+
+    /// The hints of operation `sequence` issued by `slot`.
+    public func hints(slot: Int, sequence: UInt64) -> LNetHints {
+        switch self {
+        case .none: .none
+        case .object: LNetHints(major: UInt64(slot) + 1, minor: 0)
+        case .offset: LNetHints(major: 1, minor: sequence)
+        }
+    }
+
+    public var description: String { rawValue }
+}
+
 /// What a self-test run does.
 public struct SelftestConfiguration: Sendable {
     public var op: SelftestOp
+    /// The placement hints every operation carries.
+    public var hint: SelftestHint = .none
     /// Bytes per operation, or with ``minSize`` the most bytes of one operation (ignored for ``SelftestOp/ping``,
     /// which moves a ``NodeInfo``).
     public var size: Int

@@ -175,6 +175,7 @@ extension Connection {
         deferred.run()
         if let (header, receiveContext) = delivery {
             context.observeArrival?(peer, header)
+            scheduler.received.add(1, ordering: .relaxed)
             context.ni.parse(header: header, from: peer, context: receiveContext, wantsRDMA: receiveContext.wantsRDMA,
                              order: incomingOrder)
         }

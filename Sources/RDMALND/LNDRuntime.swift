@@ -13,7 +13,7 @@ final class LNDRuntime: @unchecked Sendable {
 
     private(set) var context: LNDContext!
     private var manager: ConnectionManager!
-    private var schedulers: [Scheduler] = []
+    private(set) var schedulers: [Scheduler] = []
     let peers = Mutex<[NID: Connection]>([:])
     /// Connection attempts to each peer that failed in a row (reset when one is established).
     private let failedAttempts = Mutex<[NID: Int]>([:])

@@ -170,6 +170,17 @@ public final class RDMALND: LNetLND {
         runtime.withLock { $0?.schedulerCPUs ?? [] }
     }
 
+    /// LNet messages (PUT, GET, eager ACK) each CPU partition's scheduler threads received and handed to LNet, by
+    /// partition; empty before start-up. Under `LNET_PLACEMENT=nid` they are matched there too.
+    public var receivedPerPartition: [Int] {
+        runtime.withLock { runtime -> [Int] in
+            guard let runtime else { return [] }
+            var counts = Array(repeating: 0, count: runtime.context.ni.partitions.count)
+            for scheduler in runtime.schedulers { counts[scheduler.partition] += scheduler.received.load(ordering: .relaxed) }
+            return counts
+        }
+    }
+
     /// The verbs device the interface is on (nil before start-up).
     public var deviceName: String? {
         runtime.withLock { $0?.context.protectionDomain.context.name }

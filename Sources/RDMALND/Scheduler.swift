@@ -31,6 +31,8 @@ final class Scheduler: @unchecked Sendable {
     /// The thread's queuelets towards LNet's partitions, when incoming messages are placed (`LNET_PLACEMENT`
     /// `hint` or `none`); flushed whenever the thread has handled what it found.
     let placement: LNetPlacementProducer?
+    /// LNet messages this thread received and handed to LNet.
+    let received = Atomic<Int>(0)
     private let mode: PollMode
     private let window: UInt64
     private let vectors: Int
