@@ -8,7 +8,8 @@ import Testing
 struct LnetctlDeviceTests {
     let port = String(19_000 + Int(getpid() % 900))
 
-    func withServer(_ environment: [String: String] = [:], _ body: ([String: String]) async throws -> Void) async throws {
+    func withServer(_ environment: [String: String] = [:], checkSummary: ([String: Any]) throws -> Void = { _ in },
+                    _ body: ([String: String]) async throws -> Void) async throws {
         let env = environment.merging(["LND_SERVICE_PORT": port, "LND_TIMEOUT": "20"]) { a, _ in a }
         let readyFile = FileManager.default.temporaryDirectory.appendingPathComponent("lnetctl-serve-\(getpid())").path
         try? FileManager.default.removeItem(atPath: readyFile)
@@ -32,6 +33,7 @@ struct LnetctlDeviceTests {
         let summary = try outcome.json()
         #expect(summary["verification_failures"] as? Int == 0)
         #expect((summary["lnet"] as? [String: Any])?["exactly_once"] as? Bool == true, "\(outcome.stdout)")
+        try checkSummary(summary)
     }
 
     var client: [String] { ["--nid", "\(TestBed.clientAddress)@o2ib"] }
@@ -68,5 +70,34 @@ struct LnetctlDeviceTests {
             #expect(run.status != 0)
             #expect(run.stderr.contains("LND_GET_MODE=push"), "\(run.stderr)")
         }
+    }
+
+    /// `LNET_PLACEMENT=hint` on the server and `selftest --hint`: verified sessions, and the server's report says
+    /// where it matched what (every operation matched on some partition, hand-offs counted).
+    @Test func hintPlacementSessionsAreVerifiedAndReported() async throws {
+        try await withServer(["LNET_PLACEMENT": "hint"], checkSummary: { summary in
+            let placement = try #require(summary["placement"] as? [String: Any], "\(summary)")
+            #expect(placement["policy"] as? String == "hint")
+            let matched = try #require(placement["matched_per_partition"] as? [Int])
+            let received = try #require(placement["received_per_partition"] as? [Int])
+            // Two sessions of 200 operations (plus control messages), each matched once.
+            #expect(matched.reduce(0, +) == received.reduce(0, +) && matched.reduce(0, +) >= 400, "\(placement)")
+            if matched.count > 1 { #expect(placement["cross_partition"] as? Int ?? 0 > 0, "\(placement)") }
+        }) { env in
+            for (op, size, hint) in [("write", "1-64KiB", "offset"), ("read", "1-64KiB", "object")] {
+                let run = try await LnetctlBinary.run(["selftest"] + client + ["--to", server, "--op", op, "--size", size,
+                                                                               "--concurrency", "4", "--count", "200", "--verify",
+                                                                               "--hint", hint, "--json"], environment: env)
+                #expect(run.status == 0, "\(op) \(hint): \(run.stderr)")
+                let object = try run.json()
+                #expect(object["verified"] as? Bool == true && object["errors"] as? Int == 0, "\(op) \(hint): \(run.stdout)")
+            }
+        }
+    }
+
+    @Test func badPlacementStopsStartUpNamingTheVariable() async throws {
+        let run = try await LnetctlBinary.run(["ping"] + client + [server, "--count", "1"], environment: ["LNET_PLACEMENT": "object"])
+        #expect(run.status != 0)
+        #expect(run.stderr.contains("LNET_PLACEMENT=object") && run.stderr.contains("nid, hint, none"), "\(run.stderr)")
     }
 }
