@@ -5,37 +5,40 @@ import Foundation
 @testable import LNet
 
 /// An LND that completes what the core hands it at once: a received PUT is finalized (its event follows), a sent
-/// ACK or REPLY is finalized; drops are recorded. `slowFirstReceive` holds the first receive that long.
+/// ACK or REPLY is finalized. It records which messages it received, answered (a GET's REPLY) or dropped, by the
+/// index their hints carry (major + 7 x minor). With `holdFirstReceive` the first receive waits until the interface
+/// is stopping.
 final class FinalizingLND: LNetLND {
     let networkType = LNetNetworkType.tcp
     let received = Collector<UInt64>()
     let dropped = Collector<UInt64>()
     let replies = Collector<UInt64>()
-    let threads = Collector<String>()
-    let slowFirstReceive: Duration
+    let holdFirstReceive: Bool
     private let first = Atomic<Bool>(true)
 
-    init(slowFirstReceive: Duration = .zero) { self.slowFirstReceive = slowFirstReceive }
+    init(holdFirstReceive: Bool = false) { self.holdFirstReceive = holdFirstReceive }
+
+    static func index(_ header: LNetHeader) -> UInt64 { header.hints.major + 7 * header.hints.minor }
 
     func startup(ni: LNetNI) throws(LNetError) {}
     func shutdown(ni: LNetNI) {}
 
     func send(ni: LNetNI, message: LNetMessage) {
-        if message.type == .reply { replies.append(message.header.headerData) }
+        if message.type == .reply { replies.append(Self.index(message.header)) }
         ni.finalize(message, status: .ok)
     }
 
     func receive(ni: LNetNI, message: LNetMessage, window: LNetMDWindow, context: (any LNDPrivate)?) {
-        if first.exchange(false, ordering: .relaxed), slowFirstReceive > .zero {
-            let (seconds, attoseconds) = slowFirstReceive.components
-            usleep(UInt32(seconds) * 1_000_000 + UInt32(attoseconds / 1_000_000_000_000))
+        if holdFirstReceive, first.exchange(false, ordering: .relaxed) {
+            let deadline = ContinuousClock.now + .seconds(10)
+            while !ni.isStopping, ContinuousClock.now < deadline { usleep(1000) }
         }
-        received.append(message.header.headerData)
+        received.append(Self.index(message.header))
         ni.finalize(message, status: .ok)
     }
 
     func drop(ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any LNDPrivate)?) {
-        dropped.append(header.headerData)
+        dropped.append(Self.index(header))
     }
 }
 
@@ -55,14 +58,14 @@ final class FinalizingLND: LNetLND {
     /// `count` PUTs and GETs from one peer on one portal, message `k` carrying header data `k` and hints that
     /// change with every message (so consecutive messages go to different partitions). Entry `k` (use once) is
     /// matched by message `k` only if messages are matched in arrival order.
-    private func sendInOrder(_ ni: LNetNI, _ lnet: LNet, count: Int) throws -> EventQueue {
+    private func sendInOrder(_ ni: LNetNI, _ lnet: LNet, count: Int, receivingPartition: Int? = 0) throws -> EventQueue {
         let eq = EventQueue()
         for k in 0..<count {
             _ = try lnet.attach(MatchEntry(portal: 7, matchBits: 1),
                                 descriptor: MemoryDescriptor(buffer: try LNetBuffer(count: 8), threshold: .count(1),
                                                              options: [.put, .get], eventQueue: eq, userInfo: UInt64(k)))
         }
-        let producer = try #require(ni.makePlacementProducer(partition: 0))
+        let producer = try #require(ni.makePlacementProducer(partition: receivingPartition))
         let order = producer.makeOrder()
         for k in 0..<count {
             let isGet = k % 3 == 2
@@ -94,7 +97,13 @@ final class FinalizingLND: LNetLND {
         }
         #expect(outOfOrder.count == 0, "\(outOfOrder.count) out of order, first: \(outOfOrder.prefix(5))")
         guard outOfOrder.isEmpty else { return }
-        let statistics = try #require(ni.placementStatistics)
+        // A queuelet's handled count is added once its last item's handler returned, just after that event.
+        var statistics = try #require(ni.placementStatistics)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while statistics.inline + statistics.queuelets.handled < count, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(1))
+            statistics = try #require(ni.placementStatistics)
+        }
         #expect(statistics.policy == policy)
         #expect(statistics.matchedPerPartition.reduce(0, +) == count)
         // Every partition matched some, and most of them not on the receiving thread's partition.
@@ -140,21 +149,23 @@ final class FinalizingLND: LNetLND {
     }
 
     @Test func shutdownFinalizesEveryMessageWaitingForItsPartitionOnce() async throws {
-        let lnd = FinalizingLND(slowFirstReceive: .milliseconds(200))
+        let lnd = FinalizingLND(holdFirstReceive: true)
         let (lnet, ni) = try node(.roundRobin, lnd: lnd)
         let count = 500
-        let eq = try sendInOrder(ni, lnet, count: count)
-        // The first message holds its partition's thread; the rest wait behind it (round robin: each on the next
-        // partition, so held for order).
-        try await Task.sleep(for: .milliseconds(20))
+        // No receiving partition: nothing is matched on this thread, which the held receive would block.
+        let eq = try sendInOrder(ni, lnet, count: count, receivingPartition: nil)
+        // The first message holds its partition's thread until shutdown; the rest wait behind it (round robin:
+        // each on the next partition, so held for order).
         #expect(ni.placementStatistics?.heldForOrder ?? 0 > count / 2)
         lnet.shutdown()
-        let received = lnd.received.items
-        let dropped = lnd.dropped.items
-        // Every message was matched or dropped, exactly once.
-        #expect(Set(received + dropped) == Set((0..<count).map(UInt64.init)))
-        #expect(received.count + dropped.count == count, "\(received.count) received, \(dropped.count) dropped")
-        #expect(!dropped.isEmpty)
+        let handled = lnd.received.items + lnd.replies.items + lnd.dropped.items
+        // Every message was matched (received, or answered with a REPLY) or dropped, exactly once.
+        #expect(handled.count == count && Set(handled) == Set((0..<count).map(UInt64.init)),
+                "\(lnd.received.count) received, \(lnd.replies.count) answered, \(lnd.dropped.count) dropped")
+        // Only message 0 can have been matched (unless its thread got to it after shutdown began: then it too
+        // was dropped); everything behind it was dropped.
+        #expect(lnd.received.items.allSatisfy { $0 == 0 } && lnd.dropped.count >= count - 1,
+                "received \(lnd.received.items.prefix(10)), answered \(lnd.replies.items.prefix(10))")
         _ = eq
     }
 
