@@ -169,6 +169,29 @@ final class FinalizingLND: LNetLND {
         _ = eq
     }
 
+    @Test func aHandlerOnAPartitionThreadMayShutLNetDown() async throws {
+        let (lnet, ni) = try node(.hints)
+        let done = Gate()
+        let eq = EventQueue(delivery: .inline { event in
+            guard event.kind == .put else { return }
+            lnet.shutdown()
+            done.open()
+        })
+        _ = try lnet.attach(MatchEntry(portal: 9, matchBits: 3),
+                            descriptor: MemoryDescriptor(buffer: try LNetBuffer(count: 8), threshold: .infinite,
+                                                         options: [.put, .manageRemote], eventQueue: eq))
+        let producer = try #require(ni.makePlacementProducer(partition: nil))
+        let order = producer.makeOrder()
+        for k in 0..<50 {
+            let header = LNetHeader(type: .put, source: remote, destination: local, payloadLength: 8, portal: 9, matchBits: 3,
+                                    hints: LNetHints(major: UInt64(k), minor: 0))
+            ni.parse(header: header, from: remote.nid, context: nil, wantsRDMA: false, order: order)
+        }
+        producer.flush()
+        #expect(done.wait(seconds: 10), "shutdown from a partition thread's handler did not return")
+        #expect(lnet.interfaces.isEmpty)
+    }
+
     @Test func policyNames() {
         #expect(PlacementPolicy(name: "nid") == .peerHash)
         #expect(PlacementPolicy(name: " Hint ") == .hints)
