@@ -17,6 +17,14 @@ int CSystemShims_bind_current_thread(const int *cpus, int count) {
     return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
+int CSystemShims_current_cpu(void) { return sched_getcpu(); }
+
+static __thread int thread_partition = -1;
+
+void CSystemShims_set_thread_partition(int partition) { thread_partition = partition; }
+
+int CSystemShims_thread_partition(void) { return thread_partition; }
+
 int CSystemShims_current_thread_cpus(int *cpus, int capacity) {
     cpu_set_t set;
     CPU_ZERO(&set);

@@ -21,6 +21,13 @@ int CSystemShims_current_thread_cpus(int *cpus, int capacity);
 /// Names the calling thread (`pthread_setname_np`; the kernel keeps 15 bytes). Returns 0 or the errno value.
 int CSystemShims_name_current_thread(const char *name);
 
+// sched_getcpu(3): the CPU the calling thread runs on now (-1 on error).
+int CSystemShims_current_cpu(void);
+
+// A per-thread integer (a C `__thread` variable, -1 until set): the CPU partition a service thread serves.
+void CSystemShims_set_thread_partition(int partition);
+int CSystemShims_thread_partition(void);
+
 /// `ppoll` with a timeout in nanoseconds (negative: no limit) and no signal mask change. Returns what ppoll
 /// returns (-1 with errno set on failure).
 int CSystemShims_poll(struct pollfd *fds, unsigned long count, int64_t timeout_ns);

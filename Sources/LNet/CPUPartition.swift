@@ -1,3 +1,4 @@
+import CSystemShims
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -77,9 +78,36 @@ public struct CPUPartitionTable: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// The partition for a message from `peer` carrying `hints`, under `policy`.
+    /// A server's placement cookie names its partition outright (under every policy but ``PlacementPolicy/peerHash``).
     public func partition(peer: NID, hints: LNetHints, policy: PlacementPolicy) -> Int {
-        if policy == .hints, !hints.isNone { return partition(forHints: hints) }
+        if policy != .peerHash, let cookie = hints.cookie, cookie.partition < count { return cookie.partition }
+        if policy == .hints, !hints.isNone, !hints.isCookie { return partition(forHints: hints) }
         return partition(forPeer: peer)
+    }
+
+    /// The partition CPU `cpu` belongs to.
+    public func partition(ofCPU cpu: Int) -> Int {
+        if let index = cpus.firstIndex(where: { $0.contains(cpu) }) { return index }
+        return cpu >= 0 ? cpu % count : 0
+    }
+
+    /// The partition the calling thread works for: the one a service thread serves (an LND scheduler or a
+    /// placement thread), else the one of the CPU it runs on now.
+    public func partitionOfCurrentThread() -> Int {
+        let own = Int(CSystemShims_thread_partition())
+        if own >= 0 { return own % count }
+        return partition(ofCPU: Int(CSystemShims_current_cpu()))
+    }
+
+    /// The partition the calling thread serves, if it is a service thread of one.
+    public static var servedByCurrentThread: Int? {
+        let own = Int(CSystemShims_thread_partition())
+        return own >= 0 ? own : nil
+    }
+
+    /// Marks the calling thread as serving `partition` (`nil`: none). Service threads do it themselves.
+    package static func setServedByCurrentThread(_ partition: Int?) {
+        CSystemShims_set_thread_partition(Int32(partition ?? -1))
     }
 
     public var description: String {

@@ -13,6 +13,27 @@ import Synchronization
 // matched, the next run of waiting messages bound for one partition is handed to that partition in one piece,
 // before the gate's lock is released (so a message arriving meanwhile cannot get ahead of it).
 
+/// Work on its way to a partition's thread: an incoming message to match, or the completion of an operation this
+/// node started (``LNetNI/run(onPartitionOf:_:)``).
+enum PlacedWork: Sendable {
+    case message(PlacedMessage)
+    case task(partition: Int, @Sendable () -> Void)
+
+    var partition: Int {
+        switch self {
+        case .message(let message): message.partition
+        case .task(let partition, _): partition
+        }
+    }
+
+    func run() {
+        switch self {
+        case .message(let message): IncomingPlacement.match(message)
+        case .task(_, let work): work()
+        }
+    }
+}
+
 /// One incoming message on its way to its partition.
 struct PlacedMessage: Sendable {
     let ni: LNetNI
@@ -37,6 +58,9 @@ public struct LNetPlacementStatistics: Hashable, Sendable {
     public var crossPartition: Int
     /// Messages that waited behind an earlier message of their peer handled on another partition (to keep order).
     public var heldForOrder: Int
+    /// Completions of operations this node started (a GET's REPLY over RDMA) handed to the partition that sent
+    /// the GET (``LNetNI/run(onPartitionOf:_:)``).
+    public var completionsHandedHome: Int
     /// The queuelets that carried messages to the partitions' threads (hand-offs, batch sizes).
     public var queuelets: QueueletStatistics
 }
@@ -47,7 +71,7 @@ public struct LNetPlacementStatistics: Hashable, Sendable {
 public final class LNetPlacementProducer: Sendable {
     /// The partition of the receiving thread (`nil`: none; every message is handed to its partition's thread).
     public let partition: Int?
-    let producer: QueueletProducer<PlacedMessage>
+    let producer: QueueletProducer<PlacedWork>
     let placement: IncomingPlacement
 
     init(partition: Int?, placement: IncomingPlacement) {
@@ -89,7 +113,7 @@ public final class LNetIncomingOrder: Sendable {
 final class IncomingPlacement: Sendable {
     let policy: PlacementPolicy
     let partitions: CPUPartitionTable
-    let scheduler: QueueletScheduler<PlacedMessage>
+    let scheduler: QueueletScheduler<PlacedWork>
     /// Set (under its lock) before the scheduler shuts down: from then on a run released by a gate is matched on
     /// the thread that released it, since the partitions' threads may have ended.
     private let closed = Mutex(false)
@@ -97,6 +121,7 @@ final class IncomingPlacement: Sendable {
     private let inlineCounts: Mutex<[Int]>
     private let crossPartition = Atomic<Int>(0)
     private let held = Atomic<Int>(0)
+    private let tasks = Atomic<Int>(0)
 
     init(policy: PlacementPolicy, partitions: CPUPartitionTable, name: String) throws(LNetError) {
         self.policy = policy
@@ -108,13 +133,23 @@ final class IncomingPlacement: Sendable {
                                                   maxBatchDelay: .microseconds(200), orderedPerPeer: false)
         self.scheduler = try QueueletScheduler(
             configuration: configuration, name: name, placement: { $0.partition },
-            orderingKey: { $0.from.rawValue }, bindThreads: true,
-            discard: { IncomingPlacement.matchInline($0) },
-            handler: { message, _ in IncomingPlacement.match(message) })
+            orderingKey: { work in if case .message(let message) = work { message.from.rawValue } else { 0 } },
+            bindThreads: true,
+            // Work submitted after shutdown runs on the submitting thread (the interface is stopping: a message
+            // is dropped with status `shutdown`, and the LND learns it).
+            discard: { $0.run() },
+            handler: { work, _ in work.run() })
     }
 
-    /// The partition for an incoming message from `from` with `header`.
+    /// The partition for an incoming message from `from` with `header`: an ACK or REPLY goes to the partition
+    /// that sent its request (named in the MD cookie it echoes), a message with a placement cookie of ours to the
+    /// partition the cookie names, anything else where the policy says.
     func partition(for header: LNetHeader, from: NID) -> Int {
+        if header.type == .ack || header.type == .reply, let home = LNet.homePartition(ofMDCookie: header.mdCookie),
+           home < partitions.count {
+            return home
+        }
+        if let cookie = header.hints.cookie, cookie.partition < partitions.count { return cookie.partition }
         switch policy {
         case .roundRobin:
             return Int(UInt(bitPattern: nextRoundRobin.add(1, ordering: .relaxed).newValue) % UInt(partitions.count))
@@ -153,7 +188,7 @@ final class IncomingPlacement: Sendable {
             Self.match(message)
         case .queue:
             if target != here { crossPartition.add(1, ordering: .relaxed) }
-            order.producer.producer.submit(message)
+            order.producer.producer.submit(.message(message))
         case .held:
             held.add(1, ordering: .relaxed)
             if target != here { crossPartition.add(1, ordering: .relaxed) }
@@ -168,14 +203,10 @@ final class IncomingPlacement: Sendable {
         while let current = next ?? released.popFirst() {
             next = nil
             _ = current.ni.lnet.parse(ni: current.ni, header: current.header, from: current.from, context: current.context,
-                                  wantsRDMA: current.wantsRDMA)
+                                      wantsRDMA: current.wantsRDMA, partition: current.partition)
             if let run = current.ni.incoming?.matched(current.order) { released.append(contentsOf: run) }
         }
     }
-
-    /// A message submitted after shutdown: matched on the submitting thread (the interface is stopping, so the
-    /// core drops it with status `shutdown`, and the LND learns it).
-    static func matchInline(_ message: PlacedMessage) { match(message) }
 
     /// One of `order`'s in-flight messages was matched. When it was the last, hands the next run of waiting
     /// messages (those bound for one partition) to that partition before the gate's lock is released; returns the
@@ -191,9 +222,26 @@ final class IncomingPlacement: Sendable {
             }
             state.partition = first.partition
             state.inFlight = run.count
-            let handed = closed.withLock { closed in !closed && scheduler.handOffDirectly(run, to: first.partition) }
-            return handed ? nil : run
+            return handOff(run.map { .message($0) }, to: first.partition) ? nil : run
         }
+    }
+
+    /// Hands `work` to `partition`'s thread at once; `false` (nothing handed) once the threads are stopping.
+    private func handOff(_ work: [PlacedWork], to partition: Int) -> Bool {
+        closed.withLock { closed in !closed && scheduler.handOffDirectly(work, to: partition) }
+    }
+
+    /// Runs `work` on the partition that sent the operation whose MD cookie is `mdCookie`: here, when the caller
+    /// serves that partition or the cookie names none; else handed to the partition's thread (or, once it is
+    /// stopping, here).
+    func run(onPartitionOf mdCookie: UInt64, _ work: @escaping @Sendable () -> Void) {
+        guard let home = LNet.homePartition(ofMDCookie: mdCookie), home < partitions.count,
+              CPUPartitionTable.servedByCurrentThread != home,
+              handOff([.task(partition: home, work)], to: home) else {
+            work()
+            return
+        }
+        tasks.add(1, ordering: .relaxed)
     }
 
     /// Producer for the thread of `partition` (`nil`: a thread of no partition).
@@ -208,7 +256,8 @@ final class IncomingPlacement: Sendable {
             policy: policy,
             matchedPerPartition: zip(inline, queuelets.handledPerPartition).map { $0 + $1 },
             inline: inline.reduce(0, +), crossPartition: crossPartition.load(ordering: .relaxed),
-            heldForOrder: held.load(ordering: .relaxed), queuelets: queuelets)
+            heldForOrder: held.load(ordering: .relaxed), completionsHandedHome: tasks.load(ordering: .relaxed),
+            queuelets: queuelets)
     }
 
     /// Lets the partitions' threads match everything handed to them and stops them; runs released from then on,

@@ -9,7 +9,9 @@ import Synchronization
 extension LNet {
     // MARK: - Incoming messages (called through LNetNI)
 
-    func parse(ni: LNetNI, header: LNetHeader, from: NID, context: (any LNDPrivate)?, wantsRDMA: Bool) -> LNetParseOutcome {
+    /// `partition`: where the message is matched (early placement); `nil`: on the receiving thread, the peer's.
+    func parse(ni: LNetNI, header: LNetHeader, from: NID, context: (any LNDPrivate)?, wantsRDMA: Bool,
+               partition: Int? = nil) -> LNetParseOutcome {
         guard !ni.isStopping else {
             ni.counters.recordDrop(peer: header.source.nid, bytes: Int(header.payloadLength))
             ni.lnd.drop(ni: ni, header: header, status: .shutdown, context: context)
@@ -17,7 +19,8 @@ extension LNet {
         }
         var effects = Effects()
         var outcome = state.withLock { state -> LNetParseOutcome? in
-            incoming(&state, ni: ni, header: header, context: context, wantsRDMA: wantsRDMA, mayDelay: true, &effects)
+            incoming(&state, ni: ni, header: header, context: context, wantsRDMA: wantsRDMA, mayDelay: true,
+                     partition: partition, &effects)
         }
         perform(effects)
         if let outcome { return outcome }
@@ -30,19 +33,22 @@ extension LNet {
             ni.logger.warning("eager receive failed; dropping", metadata: ["header": "\(header)", "error": "\(error)"])
             effects = Effects()
             _ = state.withLock { state in
-                reject(&state, ni: ni, header: header, status: .noResources, context: context, wantsRDMA: wantsRDMA, &effects)
+                reject(&state, ni: ni, header: header, status: .noResources, context: context, wantsRDMA: wantsRDMA,
+                       partition: partition, &effects)
             }
             perform(effects)
             return .dropped(.noResources)
         }
         effects = Effects()
         outcome = state.withLock { state -> LNetParseOutcome? in
-            if let done = incoming(&state, ni: ni, header: header, context: held, wantsRDMA: wantsRDMA, mayDelay: false, &effects) {
+            if let done = incoming(&state, ni: ni, header: header, context: held, wantsRDMA: wantsRDMA, mayDelay: false,
+                                   partition: partition, &effects) {
                 return done
             }
             var portal = state.portals[header.portal] ?? Portal()
             guard portal.lazy, portal.delayed.count < configuration.maxDelayedPerPortal else {
-                return reject(&state, ni: ni, header: header, status: .noMatch, context: held, wantsRDMA: wantsRDMA, &effects)
+                return reject(&state, ni: ni, header: header, status: .noMatch, context: held, wantsRDMA: wantsRDMA,
+                              partition: partition, &effects)
             }
             portal.delayed.append(DelayedMessage(ni: ni, header: header, context: held, wantsRDMA: wantsRDMA))
             state.portals[header.portal] = portal
@@ -56,7 +62,7 @@ extension LNet {
     /// portal (nothing has been done yet); when `mayDelay` is false, returns `nil` for an unmatched message on a
     /// lazy portal too, leaving the decision to the caller.
     func incoming(_ state: inout State, ni: LNetNI, header: LNetHeader, context: (any LNDPrivate)?, wantsRDMA: Bool,
-                          mayDelay: Bool, _ effects: inout Effects) -> LNetParseOutcome? {
+                          mayDelay: Bool, partition: Int? = nil, _ effects: inout Effects) -> LNetParseOutcome? {
         let forUs: Bool
         if ni.nid.network == .loopback {
             forUs = state.isLocal(header.destination.nid)
@@ -66,11 +72,12 @@ extension LNet {
         guard forUs, header.destination.pid == pid else {
             ni.logger.debug("message not for this node", metadata: ["header": "\(header)"])
             return reject(&state, ni: ni, header: header, status: forUs ? .noMatch : .unreachable, context: context,
-                          wantsRDMA: wantsRDMA, &effects)
+                          wantsRDMA: wantsRDMA, partition: partition, &effects)
         }
         switch header.type {
         case .put, .get:
-            return matchRequest(&state, ni: ni, header: header, context: context, wantsRDMA: wantsRDMA, mayDelay: mayDelay, &effects)
+            return matchRequest(&state, ni: ni, header: header, context: context, wantsRDMA: wantsRDMA, mayDelay: mayDelay,
+                                partition: partition, &effects)
         case .ack:
             // An ACK nobody waits for any more (its PUT's transaction timeout passed) is dropped.
             guard let record = state.mds[header.mdCookie], record.isActive, endAckWait(&state, record: record) else {
@@ -107,7 +114,7 @@ extension LNet {
     }
 
     func matchRequest(_ state: inout State, ni: LNetNI, header: LNetHeader, context: (any LNDPrivate)?,
-                              wantsRDMA: Bool, mayDelay: Bool, _ effects: inout Effects) -> LNetParseOutcome? {
+                              wantsRDMA: Bool, mayDelay: Bool, partition: Int? = nil, _ effects: inout Effects) -> LNetParseOutcome? {
         let requested = Int(header.type == .put ? header.payloadLength : header.length)
         let portal = state.portals[header.portal]
         let outcome = portal?.match(type: header.type, initiator: header.source, matchBits: header.matchBits,
@@ -115,9 +122,11 @@ extension LNet {
         switch outcome {
         case .none:
             if portal?.lazy == true { return nil }
-            return reject(&state, ni: ni, header: header, status: .noMatch, context: context, wantsRDMA: wantsRDMA, &effects)
+            return reject(&state, ni: ni, header: header, status: .noMatch, context: context, wantsRDMA: wantsRDMA,
+                          partition: partition, &effects)
         case .rejected(let status):
-            return reject(&state, ni: ni, header: header, status: status, context: context, wantsRDMA: wantsRDMA, &effects)
+            return reject(&state, ni: ni, header: header, status: status, context: context, wantsRDMA: wantsRDMA,
+                          partition: partition, &effects)
         case .matched(let record, let offset, let length):
             record.attach()
             if !record.options.contains(.manageRemote) { record.localOffset = offset + length }
@@ -127,13 +136,15 @@ extension LNet {
                     payload: record.window(offset: offset, length: length), lndWantsRDMA: wantsRDMA, ni: ni,
                     completion: .init(md: record.handle, event: .put, initiator: header.source, target: header.destination,
                                       offset: offset, userHeaderData: header.headerData,
-                                      sendsAck: header.ackRequested && !record.options.contains(.ackDisable)),
+                                      sendsAck: header.ackRequested && !record.options.contains(.ackDisable),
+                                      partition: partition),
                     requestedLength: requested, matchedLength: length)
                 effects.actions.append(.receive(ni, message, context))
                 return .receiving
             }
             ni.counters.recordReceived(peer: header.source.nid, bytes: 0)
-            let replyHeader = header.reply(payloadLength: length, offset: UInt64(offset))
+            var replyHeader = header.reply(payloadLength: length, offset: UInt64(offset))
+            if let cookie = cookie(ni: ni, request: header, partition: partition) { replyHeader.hints = cookie }
             let reply = LNetMessage(
                 id: nextMessageID(), header: replyHeader, direction: .outgoing,
                 payload: record.window(offset: offset, length: length), privateContext: context, lndWantsRDMA: wantsRDMA,
@@ -150,17 +161,19 @@ extension LNet {
     /// for a GET (carrying the LND's context), and ``LNetLND/drop(ni:header:status:context:)`` for everything but GET.
     @discardableResult
     func reject(_ state: inout State, ni: LNetNI, header: LNetHeader, status: LNetStatus, context: (any LNDPrivate)?,
-                        wantsRDMA: Bool, _ effects: inout Effects) -> LNetParseOutcome {
+                        wantsRDMA: Bool, partition: Int? = nil, _ effects: inout Effects) -> LNetParseOutcome {
         ni.counters.recordDrop(peer: header.source.nid, bytes: Int(header.payloadLength))
         ni.logger.debug("dropping incoming message", metadata: ["header": "\(header)", "status": "\(status)"])
         switch header.type {
         case .put:
             if header.ackRequested {
-                effects.actions.append(.send(ni, makeAck(ni: ni, request: header, matched: 0, offset: 0, status: status)))
+                effects.actions.append(.send(ni, makeAck(ni: ni, request: header, matched: 0, offset: 0, status: status,
+                                                         partition: partition)))
             }
             effects.actions.append(.drop(ni, header, status, context))
         case .get:
-            let replyHeader = header.reply(payloadLength: 0, offset: header.offset, status: status)
+            var replyHeader = header.reply(payloadLength: 0, offset: header.offset, status: status)
+            if let cookie = cookie(ni: ni, request: header, partition: partition) { replyHeader.hints = cookie }
             let reply = LNetMessage(id: nextMessageID(), header: replyHeader, direction: .outgoing,
                                     privateContext: context, lndWantsRDMA: wantsRDMA, ni: ni,
                                     completion: .init(md: nil, event: nil, initiator: header.source, target: header.destination,
@@ -174,10 +187,19 @@ extension LNet {
         return .dropped(status)
     }
 
-    func makeAck(ni: LNetNI, request: LNetHeader, matched: Int, offset: Int, status: LNetStatus) -> LNetMessage {
+    /// The placement cookie an ACK or REPLY to `request` carries (``Configuration/placementCookies``): the
+    /// partition the request was matched on (`nil`: the receiving thread's, which is the peer's).
+    func cookie(ni: LNetNI, request: LNetHeader, partition: Int?) -> LNetHints? {
+        guard configuration.placementCookies else { return nil }
+        return LNetHints(cookie: LNetPlacementCookie(partition: partition ?? ni.partitions.partition(forPeer: request.source.nid)))
+    }
+
+    func makeAck(ni: LNetNI, request: LNetHeader, matched: Int, offset: Int, status: LNetStatus,
+                 partition: Int? = nil) -> LNetMessage {
         let header = LNetHeader(type: .ack, source: request.destination, destination: request.source,
                                 length: UInt32(matched), portal: request.portal, matchBits: request.matchBits,
-                                offset: UInt64(offset), mdCookie: request.mdCookie, status: status, hints: request.hints)
+                                offset: UInt64(offset), mdCookie: request.mdCookie, status: status,
+                                hints: cookie(ni: ni, request: request, partition: partition) ?? request.hints)
         return LNetMessage(id: nextMessageID(), header: header, direction: .outgoing, ni: ni,
                            completion: .init(md: nil, event: nil, initiator: request.source, target: request.destination,
                                              offset: offset, userHeaderData: 0),

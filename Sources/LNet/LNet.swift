@@ -35,11 +35,17 @@ public final class LNet: Sendable {
         /// otherwise leave the MD waiting forever. The wait is tracked per MD, as Lustre does: a PUT waits at most
         /// this long after its MD's newest PUT. `nil`: wait forever. `lnetctl` reads `LNET_TRANSACTION_TIMEOUT`.
         public var ackTimeout: Duration?
+        /// Give peers placement cookies (``LNetPlacementCookie``): every ACK and REPLY this node sends names, with
+        /// a cookie, the partition it matched the request on; a peer that echoes the cookie is placed there.
+        /// `lnetctl` reads `LNET_PLACEMENT_COOKIES` (0 or 1).
+        public var placementCookies: Bool
 
         public init(pid: UInt32 = ProcessID.defaultPID, partitions: CPUPartitionTable = CPUPartitionTable(),
                     placement: PlacementPolicy = .peerHash, maxDelayedPerPortal: Int = 1024,
                     metricsPrefix: String = "lnet", perPeerMetrics: Bool = false,
-                    metricsFactory: (any MetricsFactory)? = nil, ackTimeout: Duration? = .seconds(100)) {
+                    metricsFactory: (any MetricsFactory)? = nil, ackTimeout: Duration? = .seconds(100),
+                    placementCookies: Bool = false) {
+            self.placementCookies = placementCookies
             self.metricsFactory = metricsFactory
             self.ackTimeout = ackTimeout
             self.pid = pid
@@ -201,12 +207,32 @@ public final class LNet: Sendable {
 
     // MARK: - MDs and match entries
 
+    /// Under early placement, the partition of the thread binding an MD: the ACK or REPLY of an operation on the
+    /// MD is handled there (the MD cookie, which they echo, names it).
+    private func homePartitionOfCaller() -> Int? {
+        configuration.placement == .peerHash ? nil : configuration.partitions.partitionOfCurrentThread()
+    }
+
+    /// An MD cookie: unique, with `home` (plus one) in its top byte when given.
+    private func mdCookie(_ state: inout State, home: Int?) -> UInt64 {
+        let cookie = state.makeCookie()
+        guard let home else { return cookie }
+        return ((UInt64(home & 0x7F) + 1) << 56) | cookie
+    }
+
+    /// The partition an MD cookie names (``bind(_:unlink:)`` under early placement), if any.
+    static func homePartition(ofMDCookie cookie: UInt64) -> Int? {
+        let top = Int(cookie >> 56)
+        return top == 0 ? nil : top - 1
+    }
+
     /// Binds a free-floating MD (for the source of a Put or the sink of a Get) (`LNetMDBind`).
     public func bind(_ descriptor: MemoryDescriptor, unlink: LNetUnlinkPolicy = .unlink) throws(LNetError) -> MDHandle {
         let storage = try validate(descriptor)
+        let home = homePartitionOfCaller()
         return try state.withLock { (state: inout State) throws(LNetError) -> MDHandle in
             guard !state.isShutdown else { throw LNetError.shutdown }
-            let handle = MDHandle(cookie: state.makeCookie())
+            let handle = MDHandle(cookie: mdCookie(&state, home: home))
             state.mds[handle.cookie] = MDRecord(handle: handle, storage: storage, descriptor: descriptor, unlinkPolicy: unlink)
             return handle
         }
@@ -217,11 +243,12 @@ public final class LNet: Sendable {
     public func attach(_ entry: MatchEntry, descriptor: MemoryDescriptor,
                        position: MatchEntryPosition = .tail) throws(LNetError) -> (me: MEHandle, md: MDHandle) {
         let storage = try validate(descriptor)
+        let home = homePartitionOfCaller()
         var effects = Effects()
         let handles = try state.withLock { (state: inout State) throws(LNetError) -> (me: MEHandle, md: MDHandle) in
             guard !state.isShutdown else { throw LNetError.shutdown }
             let me = MEHandle(cookie: state.makeCookie())
-            let md = MDHandle(cookie: state.makeCookie())
+            let md = MDHandle(cookie: mdCookie(&state, home: home))
             let record = MDRecord(handle: md, storage: storage, descriptor: descriptor, unlinkPolicy: entry.unlink)
             record.matchEntry = (entry.portal, me, entry)
             var portal = state.portals[entry.portal] ?? Portal()
@@ -491,7 +518,8 @@ public final class LNet: Sendable {
         }
         if completion.sendsAck {
             effects.actions.append(.send(ni, makeAck(ni: ni, request: message.header, matched: message.matchedLength,
-                                                     offset: completion.offset, status: eventStatus)))
+                                                     offset: completion.offset, status: eventStatus,
+                                                     partition: completion.partition)))
         }
         perform(effects)
     }

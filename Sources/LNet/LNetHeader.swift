@@ -18,22 +18,59 @@ public enum LNetMessageType: UInt8, Sendable, Hashable, CustomStringConvertible 
 /// Placement hints carried in a header so a server can keep one object's work on one CPU partition.
 ///
 /// A hint is not a CPU number: it names the work (e.g. `major` = an object id, `minor` = an offset in GiB).
-/// Both zero means "no hint".
+/// Both zero means "no hint". Instead of hints a header can carry a server's placement cookie
+/// (``init(cookie:)``): one the server gave in an ACK or REPLY (``LNetEvent/hints``), echoed back so the server
+/// places the message on the partition the cookie names.
 public struct LNetHints: Hashable, Sendable, CustomStringConvertible {
     public var major: UInt64
     public var minor: UInt64
+    /// Whether `major` is a server's placement cookie (header flag bit 1) rather than a hint.
+    public var isCookie: Bool
 
     public init(major: UInt64, minor: UInt64 = 0) {
         self.major = major
         self.minor = minor
+        self.isCookie = false
     }
+
+    /// A server's placement cookie, echoed.
+    public init(cookie: LNetPlacementCookie) {
+        self.major = cookie.rawValue
+        self.minor = 0
+        self.isCookie = true
+    }
+
+    /// The server's placement cookie these hints carry, if they are one.
+    public var cookie: LNetPlacementCookie? { isCookie ? LNetPlacementCookie(rawValue: major) : nil }
 
     /// No hint: placement falls back to the peer NID hash.
     public static let none = LNetHints(major: 0, minor: 0)
 
-    public var isNone: Bool { major == 0 && minor == 0 }
+    public var isNone: Bool { major == 0 && minor == 0 && !isCookie }
 
-    public var description: String { isNone ? "none" : "\(major).\(minor)" }
+    public var description: String {
+        if let cookie { return "\(cookie)" }
+        return isNone ? "none" : "\(major).\(minor)"
+    }
+}
+
+/// A placement cookie a server gives a peer in an ACK or REPLY (with ``LNet/Configuration/placementCookies``): it
+/// names the CPU partition the server matched the request on. A peer that echoes it (``LNetHints/init(cookie:)``)
+/// has its later messages placed on that partition, whatever the server's policy would compute, so the server
+/// decides where an object's work goes rather than a hash of the client's hints. A cookie naming no partition of
+/// the server is ignored (the message is placed by the policy).
+public struct LNetPlacementCookie: Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt64
+
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+
+    /// The cookie that names `partition`.
+    public init(partition: Int) { self.rawValue = UInt64(max(0, partition)) }
+
+    /// The partition the cookie names.
+    public var partition: Int { Int(truncatingIfNeeded: rawValue & 0xFFFF) }
+
+    public var description: String { "cookie(cpt\(partition))" }
 }
 
 /// The LNet message header: a fixed-size, little-endian binary record that an LND embeds in its own wire
@@ -46,7 +83,7 @@ public struct LNetHints: Hashable, Sendable, CustomStringConvertible {
 /// |      0 |    4 | magic `0x4C4E4554` ("LNET")                                                 |
 /// |      4 |    2 | version (1)                                                                 |
 /// |      6 |    1 | type: 1 PUT, 2 GET, 3 ACK, 4 REPLY                                          |
-/// |      7 |    1 | flags: bit 0 = ACK requested (PUT); other bits must be zero                 |
+/// |      7 |    1 | flags: bit 0 = ACK requested (PUT); bit 1 = bytes 80-87 hold a placement cookie, not hints; other bits must be zero |
 /// |      8 |    8 | destination NID (network << 32 \| address)                                  |
 /// |     16 |    8 | source NID                                                                  |
 /// |     24 |    4 | destination pid                                                             |
@@ -58,11 +95,17 @@ public struct LNetHints: Hashable, Sendable, CustomStringConvertible {
 /// |     48 |    8 | match bits                                                                  |
 /// |     56 |    8 | remote offset (PUT, GET; ACK/REPLY echo the matched offset)                 |
 /// |     64 |    8 | header data: a 64-bit user value (PUT)                                      |
-/// |     72 |    8 | MD cookie: PUT/GET = the initiator's MD (where the ACK/REPLY goes); ACK/REPLY = that MD |
-/// |     80 |    8 | placement hint, major                                                       |
-/// |     88 |    8 | placement hint, minor                                                       |
+/// |     72 |    8 | MD cookie: PUT/GET = the initiator's MD (where the ACK/REPLY goes); ACK/REPLY = that MD. With early placement the top byte is the initiator's partition that sent it, plus one (its ACK or REPLY is handled there) |
+/// |     80 |    8 | placement hint, major; with flag bit 1: the server's placement cookie (``LNetPlacementCookie``: the low 16 bits name the partition) |
+/// |     88 |    8 | placement hint, minor (zero with flag bit 1)                                 |
 ///
-/// Decoding checks the magic, the version, the type, the flags and the size, and throws
+/// Cookies, both ways (issue 14): a server with ``LNet/Configuration/placementCookies`` puts in each ACK and REPLY
+/// it sends, with flag bit 1, a cookie naming the partition it matched the request on; a client that echoes it in
+/// a PUT or GET (``LNetHints/init(cookie:)``) is placed on that partition. And an initiator under early placement
+/// names its sending partition in the MD cookie, which every ACK and REPLY echoes: they are matched, and their
+/// events delivered, on that partition.
+///
+/// Decoding checks the magic, the version, the type, the flags (and a cookie's zero minor) and the size, and throws
 /// ``CodingError`` rather than trapping.
 public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
     public static let magic: UInt32 = 0x4C4E_4554
@@ -77,6 +120,8 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
         case unsupportedVersion(UInt16)
         case unknownType(UInt8)
         case unknownFlags(UInt8)
+        /// Flag bit 1 (a placement cookie) with a non-zero hint minor.
+        case cookieWithMinor(UInt64)
         case bufferTooSmall(Int)
 
         public var description: String {
@@ -86,6 +131,7 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
             case .unsupportedVersion(let version): return "unsupported LNet header version \(version)"
             case .unknownType(let type): return "unknown LNet message type \(type)"
             case .unknownFlags(let flags): return "unknown LNet header flags 0x\(String(flags, radix: 16))"
+            case .cookieWithMinor(let minor): return "LNet header with a placement cookie has hint minor \(minor), not 0"
             case .bufferTooSmall(let count): return "cannot encode an LNet header into \(count) bytes"
             }
         }
@@ -135,7 +181,7 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
         put(Self.magic, 0)
         put(Self.currentVersion, 4)
         put(type.rawValue, 6)
-        put(UInt8(ackRequested ? 1 : 0), 7)
+        put(UInt8(ackRequested ? 1 : 0) | (hints.isCookie ? 2 : 0), 7)
         put(destination.nid.rawValue, 8)
         put(source.nid.rawValue, 16)
         put(destination.pid, 24)
@@ -149,7 +195,7 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
         put(headerData, 64)
         put(mdCookie, 72)
         put(hints.major, 80)
-        put(hints.minor, 88)
+        put(hints.isCookie ? 0 : hints.minor, 88)
     }
 
     /// The encoded bytes.
@@ -174,7 +220,9 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
         let rawType = get(6, as: UInt8.self)
         guard let type = LNetMessageType(rawValue: rawType) else { throw CodingError.unknownType(rawType) }
         let flags = get(7, as: UInt8.self)
-        guard flags & ~1 == 0 else { throw CodingError.unknownFlags(flags) }
+        guard flags & ~3 == 0 else { throw CodingError.unknownFlags(flags) }
+        let minor = get(88, as: UInt64.self)
+        guard flags & 2 == 0 || minor == 0 else { throw CodingError.cookieWithMinor(minor) }
         self.init(
             type: type,
             source: ProcessID(nid: NID(rawValue: get(16, as: UInt64.self)), pid: get(28, as: UInt32.self)),
@@ -188,7 +236,8 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
             mdCookie: get(72, as: UInt64.self),
             status: LNetStatus(wire: get(44, as: UInt32.self)),
             ackRequested: flags & 1 != 0,
-            hints: LNetHints(major: get(80, as: UInt64.self), minor: get(88, as: UInt64.self)))
+            hints: flags & 2 != 0 ? LNetHints(cookie: LNetPlacementCookie(rawValue: get(80, as: UInt64.self)))
+                : LNetHints(major: get(80, as: UInt64.self), minor: minor))
     }
 
     /// Decodes a header from a byte array or slice.

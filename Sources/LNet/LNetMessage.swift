@@ -31,6 +31,8 @@ public final class LNetMessage: Sendable, CustomStringConvertible {
         var sendsAck = false
         /// Count the message's bytes as sent/received on finalize.
         var countsTraffic = true
+        /// For an incoming PUT: the partition it was matched on (named by the cookie its ACK carries).
+        var partition: Int?
     }
 
     /// A unique id for logs.

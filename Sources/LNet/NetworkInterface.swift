@@ -130,6 +130,18 @@ public final class LNetNI: Sendable, CustomStringConvertible {
         incoming?.makeProducer(partition: partition)
     }
 
+    /// Runs `work`, which completes an operation this node started (e.g. a GET whose REPLY the LND received by
+    /// RDMA: its finalizations), on the CPU partition that started it (named by the operation's MD cookie), so
+    /// the REPLY is handled where its GET was sent. Runs it here under ``PlacementPolicy/peerHash``, when the
+    /// caller already serves that partition, or when the interface is stopping.
+    public func run(onPartitionOf mdCookie: UInt64, _ work: @escaping @Sendable () -> Void) {
+        guard let incoming else {
+            work()
+            return
+        }
+        incoming.run(onPartitionOf: mdCookie, work)
+    }
+
     /// The early placement's counters (`nil` under ``PlacementPolicy/peerHash``).
     public var placementStatistics: LNetPlacementStatistics? { incoming?.statistics }
 

@@ -104,7 +104,8 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
         for partition in partitions {
             partition.threads = try (0..<configuration.threadsPerPartition).map { (thread) throws(LNetError) in
                 try ServiceThread(name: "\(name.prefix(8))\(partition.index).\(thread)",
-                                  cpus: bindThreads ? configuration.partitions.cpus[partition.index] : [])
+                                  cpus: bindThreads ? configuration.partitions.cpus[partition.index] : [],
+                                  partition: bindThreads ? partition.index : nil)
             }
         }
         ticker = configuration.batchSize > 1 ? try ServiceThread(name: "\(name.prefix(8))-tick") : nil

@@ -31,8 +31,12 @@ package final class ServiceThread: @unchecked Sendable {
     /// Where the binding to `cpus` ended up: the CPUs the thread may run on, read back after binding.
     private let boundCPUs = Mutex<[Int]>([])
 
+    /// The CPU partition the thread serves (``CPUPartitionTable/servedByCurrentThread`` on it), if any.
+    package let partition: Int?
+
     /// Makes the thread's eventfd; ``start(_:)`` starts it.
-    package init(name: String, cpus: [Int] = []) throws(LNetError) {
+    package init(name: String, cpus: [Int] = [], partition: Int? = nil) throws(LNetError) {
+        self.partition = partition
         let fd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         guard fd >= 0 else { throw LNetError.systemCallFailed(call: "eventfd", errno: errno, detail: name) }
         self.name = name
@@ -85,6 +89,7 @@ package final class ServiceThread: @unchecked Sendable {
         var current = [Int32](repeating: 0, count: 1024)
         let n = current.withUnsafeMutableBufferPointer { CSystemShims_current_thread_cpus($0.baseAddress, Int32($0.count)) }
         boundCPUs.withLock { $0 = n > 0 ? current.prefix(Int(n)).map(Int.init) : [] }
+        if let partition { CSystemShims_set_thread_partition(Int32(partition)) }
         body(self)
     }
 

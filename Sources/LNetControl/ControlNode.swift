@@ -83,7 +83,8 @@ final class ControlNode: Sendable {
         var lnetLogger = logger
         lnetLogger[metadataKey: "component"] = "lnet"
         let lnet = LNet(configuration: LNet.Configuration(pid: options.pid, placement: try placementPolicy(environment),
-                                                           ackTimeout: try transactionTimeout(environment)), logger: lnetLogger)
+                                                           ackTimeout: try transactionTimeout(environment),
+                                                           placementCookies: try placementCookies(environment)), logger: lnetLogger)
         let nid: NID
         do {
             switch interface.network.type {
@@ -171,4 +172,14 @@ func placementPolicy(_ environment: [String: String] = ProcessInfo.processInfo.e
         throw CommandFailure("LNET_PLACEMENT=\(text) is not valid; allowed: nid, hint, none")
     }
     return policy
+}
+
+/// `LNET_PLACEMENT_COOKIES`: `1` gives peers placement cookies in ACKs and REPLYs (``LNet/Configuration/placementCookies``).
+func placementCookies(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws(CommandFailure) -> Bool {
+    guard let text = environment["LNET_PLACEMENT_COOKIES"] else { return false }
+    switch text.trimmingCharacters(in: .whitespaces) {
+    case "0": return false
+    case "1": return true
+    default: throw CommandFailure("LNET_PLACEMENT_COOKIES=\(text) is not valid; allowed: 0, 1")
+    }
 }

@@ -94,6 +94,8 @@ struct PlacementReport: Sendable {
     var crossPartition: Int
     /// Messages that waited behind an earlier one of their peer on another partition.
     var heldForOrder: Int
+    /// GET completions handed to the partition that sent the GET.
+    var completionsHandedHome: Int
     /// Queuelets handed to the partitions' threads, and their mean size.
     var queueletHandoffs: Int
     var meanBatch: Double
@@ -104,6 +106,7 @@ struct PlacementReport: Sendable {
         self.matchedPerPartition = statistics?.matchedPerPartition ?? receivedPerPartition
         self.crossPartition = statistics?.crossPartition ?? 0
         self.heldForOrder = statistics?.heldForOrder ?? 0
+        self.completionsHandedHome = statistics?.completionsHandedHome ?? 0
         self.queueletHandoffs = statistics?.queuelets.handoffs ?? 0
         self.meanBatch = statistics?.queuelets.meanBatch ?? 0
     }
@@ -115,6 +118,7 @@ struct PlacementReport: Sendable {
             "matched_per_partition": .array(matchedPerPartition.map { .int($0) }),
             "cross_partition": .int(crossPartition),
             "held_for_order": .int(heldForOrder),
+            "completions_handed_home": .int(completionsHandedHome),
             "queuelet_handoffs": .int(queueletHandoffs),
             "mean_batch": .number(meanBatch, decimals: 2),
         ])

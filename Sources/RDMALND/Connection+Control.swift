@@ -125,15 +125,18 @@ extension Connection {
     }
 
     /// A GET we sent is over: report its REPLY (data landed, or the target's error) and finalize both.
+    /// Under early placement this runs on the partition that sent the GET (its MD cookie names it).
     static func completeGet(_ get: LNetMessage, status: LNetStatus, length: Int) {
         let ni = get.ni
-        // The GET itself went out (its SEND event comes first); a transport failure fails it too.
-        let transportFailed = status != .ok && status != .noMatch && status != .tooLarge
-        let reply = ni.createReply(for: get)
-        ni.finalize(get, status: transportFailed ? status : .ok)
-        if let reply {
-            ni.setReplyLength(reply, length)
-            ni.finalize(reply, status: status)
+        ni.run(onPartitionOf: get.header.mdCookie) {
+            // The GET itself went out (its SEND event comes first); a transport failure fails it too.
+            let transportFailed = status != .ok && status != .noMatch && status != .tooLarge
+            let reply = ni.createReply(for: get)
+            ni.finalize(get, status: transportFailed ? status : .ok)
+            if let reply {
+                ni.setReplyLength(reply, length)
+                ni.finalize(reply, status: status)
+            }
         }
     }
 }

@@ -64,7 +64,8 @@ final class Scheduler: @unchecked Sendable {
         self.placement = ni.makePlacementProducer(partition: partition)
         self.vectors = max(1, context.completionVectorCount)
         self.channel = try CompletionChannel(context: context)
-        self.thread = try ServiceThread(name: "o2ib-sched-\(index)", cpus: partitions.count > 0 ? partitions.cpus[partition] : [])
+        self.thread = try ServiceThread(name: "o2ib-sched-\(index)", cpus: partitions.count > 0 ? partitions.cpus[partition] : [],
+                                        partition: partition)
         self.mode = tunables.poll
         self.window = UInt64(tunables.pollMicroseconds) * 1000
         var logger = logger

@@ -13,6 +13,8 @@ final class FinalizingLND: LNetLND {
     let received = Collector<UInt64>()
     let dropped = Collector<UInt64>()
     let replies = Collector<UInt64>()
+    /// The headers of the ACKs and REPLYs it was given to send.
+    let answers = Collector<LNetHeader>()
     let holdFirstReceive: Bool
     private let first = Atomic<Bool>(true)
 
@@ -25,6 +27,7 @@ final class FinalizingLND: LNetLND {
 
     func send(ni: LNetNI, message: LNetMessage) {
         if message.type == .reply { replies.append(Self.index(message.header)) }
+        if message.type == .reply || message.type == .ack { answers.append(message.header) }
         ni.finalize(message, status: .ok)
     }
 
@@ -48,8 +51,10 @@ final class FinalizingLND: LNetLND {
     let local = ProcessID(nid: NID(address: 0xC000_0201, network: LNetNetwork(type: .tcp)), pid: 12345)
     let remote = ProcessID(nid: NID(address: 0xC000_0202, network: LNetNetwork(type: .tcp)), pid: 12345)
 
-    private func node(_ policy: PlacementPolicy, partitions: Int = 4, lnd: FinalizingLND = FinalizingLND()) throws -> (LNet, LNetNI) {
-        let lnet = LNet(configuration: .init(partitions: CPUPartitionTable(count: partitions, cpuCount: partitions), placement: policy))
+    private func node(_ policy: PlacementPolicy, partitions: Int = 4, cookies: Bool = false,
+                      lnd: FinalizingLND = FinalizingLND()) throws -> (LNet, LNetNI) {
+        let lnet = LNet(configuration: .init(partitions: CPUPartitionTable(count: partitions, cpuCount: partitions), placement: policy,
+                                             placementCookies: cookies))
         let ni = try lnet.addInterface(NetworkInterfaceConfiguration(network: LNetNetwork(type: .tcp), interfaceName: "eth0",
                                                                      address: local.nid.address), lnd: lnd)
         return (lnet, ni)
@@ -190,6 +195,80 @@ final class FinalizingLND: LNetLND {
         producer.flush()
         #expect(done.wait(seconds: 10), "shutdown from a partition thread's handler did not return")
         #expect(lnet.interfaces.isEmpty)
+    }
+
+    /// Waits until `collector` holds `count` items (a handler on another thread adds them).
+    private func await<T>(_ collector: Collector<T>, count: Int) async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while collector.count < count, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
+    }
+
+    @Test func serverCookiesNameThePartitionThatMatchedAndPlaceTheMessagesThatEchoThem() async throws {
+        let lnd = FinalizingLND()
+        let (lnet, ni) = try node(.hints, cookies: true, lnd: lnd)
+        defer { lnet.shutdown() }
+        let matchedOn = Collector<Int>()
+        let eq = EventQueue(delivery: .inline { event in
+            if event.kind == .put || event.kind == .get { matchedOn.append(Self.partitionOfCurrentThread()) }
+        })
+        _ = try lnet.attach(MatchEntry(portal: 10, matchBits: 4),
+                            descriptor: MemoryDescriptor(buffer: try LNetBuffer(count: 8), threshold: .infinite,
+                                                         options: [.put, .get, .manageRemote], eventQueue: eq))
+        let producer = try #require(ni.makePlacementProducer(partition: nil))
+        let order = producer.makeOrder()
+        func send(_ type: LNetMessageType, _ hints: LNetHints) {
+            let header = LNetHeader(type: type, source: remote, destination: local, payloadLength: type == .put ? 8 : 0,
+                                    length: type == .get ? 8 : 0, portal: 10, matchBits: 4, ackRequested: type == .put, hints: hints)
+            ni.parse(header: header, from: remote.nid, context: nil, wantsRDMA: false, order: order)
+            producer.flush()
+        }
+        // A PUT and a GET placed by their hints: the ACK and the REPLY name the partition that matched them.
+        let put = LNetHints(major: 5, minor: 0), get = LNetHints(major: 6, minor: 1)
+        send(.put, put)
+        send(.get, get)
+        try await self.await(lnd.answers, count: 2)
+        let answers = lnd.answers.items
+        #expect(answers.map(\.type) == [.ack, .reply])
+        #expect(answers.map { $0.hints.cookie?.partition } == [ni.partitions.partition(forHints: put), ni.partitions.partition(forHints: get)])
+        #expect(try LNetHeader(decoding: answers[0].encoded()).hints.cookie == answers[0].hints.cookie)
+        // Echoed cookies place messages on the partition they name, whatever the hints would say; one naming no
+        // partition of ours is ignored (no hints: by the peer's NID).
+        let named = (ni.partitions.partition(forHints: put) + 1) % 4
+        send(.put, LNetHints(cookie: LNetPlacementCookie(partition: named)))
+        send(.put, LNetHints(cookie: LNetPlacementCookie(partition: 99)))
+        try await self.await(matchedOn, count: 4)
+        #expect(matchedOn.items == [ni.partitions.partition(forHints: put), ni.partitions.partition(forHints: get), named,
+                                    ni.partitions.partition(forPeer: remote.nid)])
+    }
+
+    @Test func ackAndReplyAreHandledOnThePartitionThatSentTheRequest() async throws {
+        let lnd = FinalizingLND()
+        let (lnet, ni) = try node(.hints, lnd: lnd)
+        defer { lnet.shutdown() }
+        let handledOn = Collector<String>()
+        let eq = EventQueue(delivery: .inline { event in
+            if event.kind == .ack || event.kind == .reply { handledOn.append("\(event.kind) \(Self.partitionOfCurrentThread())") }
+        })
+        // The PUT and the GET are sent from a thread of partition 2.
+        CPUPartitionTable.setServedByCurrentThread(2)
+        let putMD = try lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(count: 8), threshold: .count(2), eventQueue: eq))
+        let getMD = try lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(count: 8), threshold: .count(2), eventQueue: eq))
+        CPUPartitionTable.setServedByCurrentThread(nil)
+        try lnet.put(putMD, to: remote, portal: 11, matchBits: 1)
+        try lnet.get(getMD, from: remote, portal: 11, matchBits: 1)
+        // The answers arrive on a receiving thread of partition 0, hints saying otherwise.
+        let producer = try #require(ni.makePlacementProducer(partition: 0))
+        let order = producer.makeOrder()
+        for (type, cookie) in [(LNetMessageType.ack, putMD.cookie), (.reply, getMD.cookie)] {
+            let header = LNetHeader(type: type, source: remote, destination: local, payloadLength: type == .reply ? 8 : 0,
+                                    length: 8, portal: 11, matchBits: 1, mdCookie: cookie, hints: LNetHints(major: 77, minor: 0))
+            ni.parse(header: header, from: remote.nid, context: nil, wantsRDMA: false, order: order)
+        }
+        producer.flush()
+        // A completion the LND finishes itself (a GET's REPLY by RDMA) runs there too.
+        ni.run(onPartitionOf: getMD.cookie) { handledOn.append("task \(Self.partitionOfCurrentThread())") }
+        try await self.await(handledOn, count: 3)
+        #expect(Set(handledOn.items) == ["ACK 2", "REPLY 2", "task 2"])
     }
 
     @Test func policyNames() {

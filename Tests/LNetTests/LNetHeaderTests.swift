@@ -33,6 +33,21 @@ import Testing
         #expect(u64(72) == 42 && u64(80) == 1001 && u64(88) == 3)
     }
 
+    /// Flag bit 1: bytes 80-87 carry a server's placement cookie instead of hints (minor zero).
+    @Test func placementCookieRoundTripsInFlagBitOne() throws {
+        var header = try sample()
+        header.hints = LNetHints(cookie: LNetPlacementCookie(partition: 3))
+        var bytes = header.encoded()
+        #expect(bytes[7] == 3 && bytes[80] == 3 && bytes[88..<96].allSatisfy { $0 == 0 })
+        let decoded = try LNetHeader(decoding: bytes)
+        #expect(decoded == header && decoded.hints.cookie?.partition == 3 && !decoded.hints.isNone)
+        bytes[90] = 1
+        #expect(throws: LNetHeader.CodingError.cookieWithMinor(1 << 16)) { try LNetHeader(decoding: bytes) }
+        bytes[90] = 0
+        bytes[7] = 0x04
+        #expect(throws: LNetHeader.CodingError.unknownFlags(4)) { try LNetHeader(decoding: bytes) }
+    }
+
     @Test func rejectsBadInput() throws {
         var bytes = try sample().encoded()
         #expect(throws: LNetHeader.CodingError.tooShort(95)) { try LNetHeader(decoding: bytes.prefix(95)) }
@@ -67,18 +82,24 @@ import Testing
             var bytes = (0..<Int.random(in: 0...120, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
             if Bool.random(using: &generator) {
                 if Bool.random(using: &generator) { bytes += [UInt8](repeating: 0, count: max(0, 96 - bytes.count)) }
-                let flags: UInt8 = [0, 1, .random(in: 0...255, using: &generator)].randomElement(using: &generator)!
+                let flags: UInt8 = [0, 1, 2, 3, .random(in: 0...255, using: &generator)].randomElement(using: &generator)!
                 let start: [UInt8] = [0x54, 0x45, 0x4E, 0x4C, 1, 0, UInt8.random(in: 0...5, using: &generator), flags]
                 bytes.replaceSubrange(0..<min(8, bytes.count), with: start.prefix(bytes.count))
             }
             func u32(_ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(bytes[at + $1]) << (8 * $1) } }
+            func u64(_ at: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(bytes[at + $1]) << (8 * $1) } }
+            // Some cookies with a zero minor (random ones almost never have one).
+            if bytes.count >= 96, bytes[7] & 2 != 0, Bool.random(using: &generator) {
+                bytes.replaceSubrange(88..<96, with: [UInt8](repeating: 0, count: 8))
+            }
             let expected: LNetHeader.CodingError? = {
                 guard bytes.count >= LNetHeader.encodedSize else { return .tooShort(bytes.count) }
                 guard u32(0) == LNetHeader.magic else { return .badMagic(u32(0)) }
                 let version = UInt16(bytes[4]) | UInt16(bytes[5]) << 8
                 guard version == 1 else { return .unsupportedVersion(version) }
                 guard (1...4).contains(bytes[6]) else { return .unknownType(bytes[6]) }
-                guard bytes[7] & ~1 == 0 else { return .unknownFlags(bytes[7]) }
+                guard bytes[7] & ~3 == 0 else { return .unknownFlags(bytes[7]) }
+                guard bytes[7] & 2 == 0 || u64(88) == 0 else { return .cookieWithMinor(u64(88)) }
                 return nil
             }()
             do throws(LNetHeader.CodingError) {

@@ -57,6 +57,12 @@ import RDMALND
         }
     }
 
+    @Test func placementCookiesVariable() throws {
+        #expect(try placementCookies([:]) == false)
+        #expect(try placementCookies(["LNET_PLACEMENT_COOKIES": "1"]) == true)
+        #expect(throws: CommandFailure.self) { try placementCookies(["LNET_PLACEMENT_COOKIES": "yes"]) }
+    }
+
     @Test func byteCounts() {
         let cases: [(String, Int?)] = [("4096", 4096), ("4K", 4096), ("64KiB", 65536), ("64kb", 65536), ("1M", 1 << 20), ("1MiB", 1 << 20),
                                        ("2GiB", 2 << 30), ("", nil), ("MiB", nil), ("1.5M", nil), ("-1", nil), ("1T", nil)]
