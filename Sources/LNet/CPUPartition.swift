@@ -78,9 +78,9 @@ public struct CPUPartitionTable: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// The partition for a message from `peer` carrying `hints`, under `policy`.
-    /// A server's placement cookie names its partition outright (under every policy but ``PlacementPolicy/peerHash``).
+    /// A server's placement cookie in `hints` counts as no hint here (only the node that gave it knows what it
+    /// names; that node's early placement honours it).
     public func partition(peer: NID, hints: LNetHints, policy: PlacementPolicy) -> Int {
-        if policy != .peerHash, let cookie = hints.cookie, cookie.partition < count { return cookie.partition }
         if policy == .hints, !hints.isNone, !hints.isCookie { return partition(forHints: hints) }
         return partition(forPeer: peer)
     }

@@ -46,6 +46,9 @@ public struct LNetEvent: Sendable, CustomStringConvertible {
     public var headerData: UInt64
     /// The placement hints the initiator sent.
     public var hints: LNetHints
+    /// On an ACK or REPLY event: the placement cookie the target gave (``LNet/Configuration/placementCookies``);
+    /// echo it with ``LNetHints/init(cookie:)`` to be placed where the target matched this operation.
+    public var placementCookie: LNetPlacementCookie?
     /// The MD the event is about.
     public var md: MDHandle
     /// The MD's ``MemoryDescriptor/userInfo``.
@@ -55,7 +58,9 @@ public struct LNetEvent: Sendable, CustomStringConvertible {
 
     public init(kind: LNetEventKind, status: LNetStatus, initiator: ProcessID, target: ProcessID, portal: UInt32,
                 matchBits: UInt64, requestedLength: Int, matchedLength: Int, offset: Int, headerData: UInt64,
-                hints: LNetHints, md: MDHandle, userInfo: (any Sendable)?, unlinked: Bool) {
+                hints: LNetHints, md: MDHandle, userInfo: (any Sendable)?, unlinked: Bool,
+                placementCookie: LNetPlacementCookie? = nil) {
+        self.placementCookie = placementCookie
         self.kind = kind
         self.status = status
         self.initiator = initiator

@@ -1,5 +1,8 @@
 import DequeModule
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // Early placement of incoming messages (issue 14, seed 001): an LND hands each incoming PUT or GET to the core with
 // ``LNetNI/parse(header:from:context:wantsRDMA:order:)``; under `hint` or `none` the core matches it on the CPU
@@ -32,6 +35,11 @@ enum PlacedWork: Sendable {
         case .task(_, let work): work()
         }
     }
+}
+
+/// A relaxed counter that can live in an array.
+final class RelaxedCounter: Sendable {
+    let value = Atomic<Int>(0)
 }
 
 /// One incoming message on its way to its partition.
@@ -114,19 +122,24 @@ final class IncomingPlacement: Sendable {
     let policy: PlacementPolicy
     let partitions: CPUPartitionTable
     let scheduler: QueueletScheduler<PlacedWork>
-    /// Set (under its lock) before the scheduler shuts down: from then on a run released by a gate is matched on
-    /// the thread that released it, since the partitions' threads may have ended.
-    private let closed = Mutex(false)
+    /// Set before the scheduler shuts down, which waits for the hand-offs in progress (`handingOff`): from then on
+    /// a run released by a gate, or a task, runs on the thread that released it, since the partitions' threads may
+    /// have ended.
+    private let closed = Atomic<Bool>(false)
+    private let handingOff = Atomic<Int>(0)
     private let nextRoundRobin = Atomic<Int>(0)
-    private let inlineCounts: Mutex<[Int]>
+    private let inlineCounts: [RelaxedCounter]
     private let crossPartition = Atomic<Int>(0)
     private let held = Atomic<Int>(0)
     private let tasks = Atomic<Int>(0)
+    /// The orders with messages waiting (so shutdown finds them; the lock is taken only when an order starts or
+    /// stops having waiting messages, inside the order's lock).
+    private let waitingOrders = Mutex<[ObjectIdentifier: LNetIncomingOrder]>([:])
 
     init(policy: PlacementPolicy, partitions: CPUPartitionTable, name: String) throws(LNetError) {
         self.policy = policy
         self.partitions = partitions
-        self.inlineCounts = Mutex(Array(repeating: 0, count: partitions.count))
+        self.inlineCounts = (0..<partitions.count).map { _ in RelaxedCounter() }
         // One thread per partition: a partition's queuelets are handled in hand-off order, which the gates rely
         // on. Batches are flushed by their producer after every pass, so the delay bound is a backstop.
         let configuration = QueueletConfiguration(partitions: partitions, threadsPerPartition: 1, batchSize: 32,
@@ -179,12 +192,13 @@ final class IncomingPlacement: Sendable {
                     return .queue
                 }
             }
+            if state.waiting.isEmpty { waitingOrders.withLock { $0[ObjectIdentifier(order)] = order } }
             state.waiting.append(message)
             return .held
         }
         switch decision {
         case .inline:
-            inlineCounts.withLock { $0[target] += 1 }
+            inlineCounts[target].value.add(1, ordering: .relaxed)
             Self.match(message)
         case .queue:
             if target != here { crossPartition.add(1, ordering: .relaxed) }
@@ -222,13 +236,19 @@ final class IncomingPlacement: Sendable {
             }
             state.partition = first.partition
             state.inFlight = run.count
+            if state.waiting.isEmpty { _ = waitingOrders.withLock { $0.removeValue(forKey: ObjectIdentifier(order)) } }
             return handOff(run.map { .message($0) }, to: first.partition) ? nil : run
         }
     }
 
     /// Hands `work` to `partition`'s thread at once; `false` (nothing handed) once the threads are stopping.
     private func handOff(_ work: [PlacedWork], to partition: Int) -> Bool {
-        closed.withLock { closed in !closed && scheduler.handOffDirectly(work, to: partition) }
+        // Announce the hand-off, then look at `closed` (shutdown sets it, then waits for announced hand-offs):
+        // sequentially consistent, so either this sees `closed` or shutdown sees this hand-off and waits for it.
+        handingOff.add(1, ordering: .sequentiallyConsistent)
+        defer { handingOff.subtract(1, ordering: .sequentiallyConsistent) }
+        guard !closed.load(ordering: .sequentiallyConsistent) else { return false }
+        return scheduler.handOffDirectly(work, to: partition)
     }
 
     /// Runs `work` on the partition that sent the operation whose MD cookie is `mdCookie`: here, when the caller
@@ -251,7 +271,7 @@ final class IncomingPlacement: Sendable {
 
     var statistics: LNetPlacementStatistics {
         let queuelets = scheduler.statistics
-        let inline = inlineCounts.withLock { $0 }
+        let inline = inlineCounts.map { $0.value.load(ordering: .relaxed) }
         return LNetPlacementStatistics(
             policy: policy,
             matchedPerPartition: zip(inline, queuelets.handledPerPartition).map { $0 + $1 },
@@ -263,7 +283,25 @@ final class IncomingPlacement: Sendable {
     /// Lets the partitions' threads match everything handed to them and stops them; runs released from then on,
     /// and messages submitted afterwards, are matched on the thread that releases or submits them.
     func shutdown() {
-        closed.withLock { $0 = true }
+        closed.store(true, ordering: .sequentiallyConsistent)
+        while handingOff.load(ordering: .sequentiallyConsistent) > 0 { sched_yield() }
         scheduler.shutdown()
+        // Messages still waiting behind one in flight: that one may be the message whose handler called this (it
+        // is matched, so releases them, only when the handler returns). The interface is stopping, so order no
+        // longer matters: they are taken out of their order (which then releases nothing) and dropped here.
+        let orders = waitingOrders.withLock { orders -> [LNetIncomingOrder] in
+            defer { orders.removeAll() }
+            return Array(orders.values)
+        }
+        for order in orders {
+            let waiting = order.state.withLock { state -> Deque<PlacedMessage> in
+                defer { state.waiting.removeAll() }
+                return state.waiting
+            }
+            for message in waiting {
+                _ = message.ni.lnet.parse(ni: message.ni, header: message.header, from: message.from, context: message.context,
+                                          wantsRDMA: message.wantsRDMA, partition: message.partition)
+            }
+        }
     }
 }

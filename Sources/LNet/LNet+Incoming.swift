@@ -144,7 +144,7 @@ extension LNet {
             }
             ni.counters.recordReceived(peer: header.source.nid, bytes: 0)
             var replyHeader = header.reply(payloadLength: length, offset: UInt64(offset))
-            if let cookie = cookie(ni: ni, request: header, partition: partition) { replyHeader.hints = cookie }
+            replyHeader.givenCookie = cookie(ni: ni, request: header, partition: partition)
             let reply = LNetMessage(
                 id: nextMessageID(), header: replyHeader, direction: .outgoing,
                 payload: record.window(offset: offset, length: length), privateContext: context, lndWantsRDMA: wantsRDMA,
@@ -173,7 +173,7 @@ extension LNet {
             effects.actions.append(.drop(ni, header, status, context))
         case .get:
             var replyHeader = header.reply(payloadLength: 0, offset: header.offset, status: status)
-            if let cookie = cookie(ni: ni, request: header, partition: partition) { replyHeader.hints = cookie }
+            replyHeader.givenCookie = cookie(ni: ni, request: header, partition: partition)
             let reply = LNetMessage(id: nextMessageID(), header: replyHeader, direction: .outgoing,
                                     privateContext: context, lndWantsRDMA: wantsRDMA, ni: ni,
                                     completion: .init(md: nil, event: nil, initiator: header.source, target: header.destination,
@@ -189,17 +189,17 @@ extension LNet {
 
     /// The placement cookie an ACK or REPLY to `request` carries (``Configuration/placementCookies``): the
     /// partition the request was matched on (`nil`: the receiving thread's, which is the peer's).
-    func cookie(ni: LNetNI, request: LNetHeader, partition: Int?) -> LNetHints? {
+    func cookie(ni: LNetNI, request: LNetHeader, partition: Int?) -> LNetPlacementCookie? {
         guard configuration.placementCookies else { return nil }
-        return LNetHints(cookie: LNetPlacementCookie(partition: partition ?? ni.partitions.partition(forPeer: request.source.nid)))
+        return LNetPlacementCookie(partition: partition ?? ni.partitions.partition(forPeer: request.source.nid))
     }
 
     func makeAck(ni: LNetNI, request: LNetHeader, matched: Int, offset: Int, status: LNetStatus,
                  partition: Int? = nil) -> LNetMessage {
-        let header = LNetHeader(type: .ack, source: request.destination, destination: request.source,
+        var header = LNetHeader(type: .ack, source: request.destination, destination: request.source,
                                 length: UInt32(matched), portal: request.portal, matchBits: request.matchBits,
-                                offset: UInt64(offset), mdCookie: request.mdCookie, status: status,
-                                hints: cookie(ni: ni, request: request, partition: partition) ?? request.hints)
+                                offset: UInt64(offset), mdCookie: request.mdCookie, status: status, hints: request.hints)
+        header.givenCookie = cookie(ni: ni, request: request, partition: partition)
         return LNetMessage(id: nextMessageID(), header: header, direction: .outgoing, ni: ni,
                            completion: .init(md: nil, event: nil, initiator: request.source, target: request.destination,
                                              offset: offset, userHeaderData: 0),

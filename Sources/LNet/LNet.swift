@@ -217,7 +217,7 @@ public final class LNet: Sendable {
     private func mdCookie(_ state: inout State, home: Int?) -> UInt64 {
         let cookie = state.makeCookie()
         guard let home else { return cookie }
-        return ((UInt64(home & 0x7F) + 1) << 56) | cookie
+        return (UInt64(min(home, 254) + 1) << 56) | cookie
     }
 
     /// The partition an MD cookie names (``bind(_:unlink:)`` under early placement), if any.
@@ -511,7 +511,8 @@ public final class LNet: Sendable {
                                           matchBits: message.header.matchBits, requestedLength: message.requestedLength,
                                           matchedLength: message.matchedLength, offset: completion.offset,
                                           headerData: completion.userHeaderData, hints: message.header.hints,
-                                          md: handle, userInfo: record.userInfo, unlinked: unlinked)
+                                          md: handle, userInfo: record.userInfo, unlinked: unlinked,
+                                          placementCookie: message.header.givenCookie)
                     if queue.post(event) { effects.inline.append((queue, event)) }
                 }
             }

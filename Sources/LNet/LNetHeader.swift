@@ -18,14 +18,14 @@ public enum LNetMessageType: UInt8, Sendable, Hashable, CustomStringConvertible 
 /// Placement hints carried in a header so a server can keep one object's work on one CPU partition.
 ///
 /// A hint is not a CPU number: it names the work (e.g. `major` = an object id, `minor` = an offset in GiB).
-/// Both zero means "no hint". Instead of hints a header can carry a server's placement cookie
-/// (``init(cookie:)``): one the server gave in an ACK or REPLY (``LNetEvent/hints``), echoed back so the server
-/// places the message on the partition the cookie names.
+/// Both zero means "no hint". Instead of hints a PUT or GET can carry a server's placement cookie
+/// (``init(cookie:)``): one the server gave in an ACK or REPLY (``LNetEvent/placementCookie``), echoed back so the
+/// server places the message on the partition the cookie names.
 public struct LNetHints: Hashable, Sendable, CustomStringConvertible {
     public var major: UInt64
     public var minor: UInt64
     /// Whether `major` is a server's placement cookie (header flag bit 1) rather than a hint.
-    public var isCookie: Bool
+    public private(set) var isCookie: Bool
 
     public init(major: UInt64, minor: UInt64 = 0) {
         self.major = major
@@ -54,7 +54,8 @@ public struct LNetHints: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// A placement cookie a server gives a peer in an ACK or REPLY (with ``LNet/Configuration/placementCookies``): it
+/// A placement cookie a server gives a peer in an ACK or REPLY (with ``LNet/Configuration/placementCookies``;
+/// ``LNetEvent/placementCookie`` on the peer's ACK or REPLY event): it
 /// names the CPU partition the server matched the request on. A peer that echoes it (``LNetHints/init(cookie:)``)
 /// has its later messages placed on that partition, whatever the server's policy would compute, so the server
 /// decides where an object's work goes rather than a hash of the client's hints. A cookie naming no partition of
@@ -83,7 +84,7 @@ public struct LNetPlacementCookie: Hashable, Sendable, CustomStringConvertible {
 /// |      0 |    4 | magic `0x4C4E4554` ("LNET")                                                 |
 /// |      4 |    2 | version (1)                                                                 |
 /// |      6 |    1 | type: 1 PUT, 2 GET, 3 ACK, 4 REPLY                                          |
-/// |      7 |    1 | flags: bit 0 = ACK requested (PUT); bit 1 = bytes 80-87 hold a placement cookie, not hints; other bits must be zero |
+/// |      7 |    1 | flags: bit 0 = ACK requested (PUT); bit 1 = a placement cookie: a PUT or GET echoes one in bytes 80-87 (instead of hints), an ACK or REPLY gives one in bytes 64-71; other bits must be zero |
 /// |      8 |    8 | destination NID (network << 32 \| address)                                  |
 /// |     16 |    8 | source NID                                                                  |
 /// |     24 |    4 | destination pid                                                             |
@@ -94,14 +95,16 @@ public struct LNetPlacementCookie: Hashable, Sendable, CustomStringConvertible {
 /// |     44 |    4 | status (``LNetStatus`` raw value; ACK/REPLY report failure here)            |
 /// |     48 |    8 | match bits                                                                  |
 /// |     56 |    8 | remote offset (PUT, GET; ACK/REPLY echo the matched offset)                 |
-/// |     64 |    8 | header data: a 64-bit user value (PUT)                                      |
+/// |     64 |    8 | header data: a 64-bit user value (PUT); with flag bit 1 on an ACK or REPLY, the placement cookie the target gives |
 /// |     72 |    8 | MD cookie: PUT/GET = the initiator's MD (where the ACK/REPLY goes); ACK/REPLY = that MD. With early placement the top byte is the initiator's partition that sent it, plus one (its ACK or REPLY is handled there) |
-/// |     80 |    8 | placement hint, major; with flag bit 1: the server's placement cookie (``LNetPlacementCookie``: the low 16 bits name the partition) |
-/// |     88 |    8 | placement hint, minor (zero with flag bit 1)                                 |
+/// |     80 |    8 | placement hint, major; with flag bit 1 on a PUT or GET: the server's placement cookie it echoes (``LNetPlacementCookie``: the low 16 bits name the partition) |
+/// |     88 |    8 | placement hint, minor (zero with flag bit 1 on a PUT or GET)                |
 ///
 /// Cookies, both ways (issue 14): a server with ``LNet/Configuration/placementCookies`` puts in each ACK and REPLY
-/// it sends, with flag bit 1, a cookie naming the partition it matched the request on; a client that echoes it in
-/// a PUT or GET (``LNetHints/init(cookie:)``) is placed on that partition. And an initiator under early placement
+/// it sends, with flag bit 1, a cookie naming the partition it matched the request on (the ACK or REPLY keeps the
+/// request's hints); a client that echoes it in a PUT or GET (``LNetHints/init(cookie:)``) is placed on that
+/// partition. A peer of an older build rejects flag bit 1 (unknown flags), so turn cookies on only where every
+/// peer has this version. And an initiator under early placement
 /// names its sending partition in the MD cookie, which every ACK and REPLY echoes: they are matched, and their
 /// events delivered, on that partition.
 ///
@@ -120,7 +123,7 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
         case unsupportedVersion(UInt16)
         case unknownType(UInt8)
         case unknownFlags(UInt8)
-        /// Flag bit 1 (a placement cookie) with a non-zero hint minor.
+        /// Flag bit 1 on a PUT or GET (an echoed placement cookie) with a non-zero hint minor.
         case cookieWithMinor(UInt64)
         case bufferTooSmall(Int)
 
@@ -150,6 +153,8 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
     public var headerData: UInt64
     public var mdCookie: UInt64
     public var hints: LNetHints
+    /// On an ACK or REPLY: the placement cookie the target gives (flag bit 1, in the header data's place).
+    public var givenCookie: LNetPlacementCookie?
 
     public init(type: LNetMessageType, source: ProcessID, destination: ProcessID, payloadLength: UInt32 = 0,
                 length: UInt32 = 0, portal: UInt32 = 0, matchBits: UInt64 = 0, offset: UInt64 = 0,
@@ -181,7 +186,9 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
         put(Self.magic, 0)
         put(Self.currentVersion, 4)
         put(type.rawValue, 6)
-        put(UInt8(ackRequested ? 1 : 0) | (hints.isCookie ? 2 : 0), 7)
+        let answer = type == .ack || type == .reply
+        let cookieFlag: UInt8 = (answer ? givenCookie != nil : hints.isCookie) ? 2 : 0
+        put(UInt8(ackRequested ? 1 : 0) | cookieFlag, 7)
         put(destination.nid.rawValue, 8)
         put(source.nid.rawValue, 16)
         put(destination.pid, 24)
@@ -192,10 +199,10 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
         put(status.rawValue, 44)
         put(matchBits, 48)
         put(offset, 56)
-        put(headerData, 64)
+        put(answer ? givenCookie?.rawValue ?? headerData : headerData, 64)  // an answer's header data is unused
         put(mdCookie, 72)
         put(hints.major, 80)
-        put(hints.isCookie ? 0 : hints.minor, 88)
+        put(!answer && hints.isCookie ? 0 : hints.minor, 88)
     }
 
     /// The encoded bytes.
@@ -222,7 +229,9 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
         let flags = get(7, as: UInt8.self)
         guard flags & ~3 == 0 else { throw CodingError.unknownFlags(flags) }
         let minor = get(88, as: UInt64.self)
-        guard flags & 2 == 0 || minor == 0 else { throw CodingError.cookieWithMinor(minor) }
+        let answer = type == .ack || type == .reply
+        guard flags & 2 == 0 || answer || minor == 0 else { throw CodingError.cookieWithMinor(minor) }
+        let given = flags & 2 != 0 && answer
         self.init(
             type: type,
             source: ProcessID(nid: NID(rawValue: get(16, as: UInt64.self)), pid: get(28, as: UInt32.self)),
@@ -232,12 +241,13 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
             portal: get(40, as: UInt32.self),
             matchBits: get(48, as: UInt64.self),
             offset: get(56, as: UInt64.self),
-            headerData: get(64, as: UInt64.self),
+            headerData: given ? 0 : get(64, as: UInt64.self),
             mdCookie: get(72, as: UInt64.self),
             status: LNetStatus(wire: get(44, as: UInt32.self)),
             ackRequested: flags & 1 != 0,
-            hints: flags & 2 != 0 ? LNetHints(cookie: LNetPlacementCookie(rawValue: get(80, as: UInt64.self)))
+            hints: flags & 2 != 0 && !answer ? LNetHints(cookie: LNetPlacementCookie(rawValue: get(80, as: UInt64.self)))
                 : LNetHints(major: get(80, as: UInt64.self), minor: minor))
+        if given { givenCookie = LNetPlacementCookie(rawValue: get(64, as: UInt64.self)) }
     }
 
     /// Decodes a header from a byte array or slice.

@@ -114,6 +114,14 @@ public final class LNetNI: Sendable, CustomStringConvertible {
     /// same one for every message of a connection, from one thread at a time. The core then calls the LND back
     /// (`receive`, `send` of a REPLY, or `drop`) from that thread. Under ``PlacementPolicy/peerHash`` (or with no
     /// `order`) this is ``parse(header:from:context:wantsRDMA:)``.
+    ///
+    /// - An eager message's events are delivered where it was matched. A message whose data the LND moves by RDMA
+    ///   completes where the LND finishes the transfer (for the RDMA LND, as in o2iblnd, the peer's scheduler
+    ///   thread), and its events are delivered there.
+    /// - An ACK or REPLY goes to the partition that bound its MD: an inline handler on a partition's thread must
+    ///   not wait there for the answer to an operation it starts (that answer is queued behind it).
+    /// - Call it only from threads that stop before the LND's `shutdown` returns (the LND's own receive threads):
+    ///   a message handed in after the interface's partitions stopped is not matched.
     public func parse(header: LNetHeader, from: NID, context: (any LNDPrivate)?, wantsRDMA: Bool,
                       order: LNetIncomingOrder?) {
         guard let incoming, let order else {

@@ -29,12 +29,20 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
         var owned: [UInt64: [Item]] = [:]
     }
 
+    /// The queuelet a service thread is handling and how far it got: only that thread touches it, or the same
+    /// thread again when a handler calls ``shutdown()`` (which then finishes it).
+    private final class Cursor: @unchecked Sendable {
+        var batch: [Item] = []
+        var next = 0
+    }
+
     private final class Partition: Sendable {
         let index: Int
         let staging = Mutex(Deque<[Item]>())
         let local = Mutex(LocalState())
-        /// The partition's service threads (set once, before any item can be submitted).
+        /// The partition's service threads (set once, before any item can be submitted), and their cursors.
         nonisolated(unsafe) var threads: [ServiceThread] = []
+        nonisolated(unsafe) var cursors: [Cursor] = []
         let handled = Atomic<Int>(0)
         init(index: Int) { self.index = index }
 
@@ -107,13 +115,14 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
                                   cpus: bindThreads ? configuration.partitions.cpus[partition.index] : [],
                                   partition: bindThreads ? partition.index : nil)
             }
+            partition.cursors = partition.threads.map { _ in Cursor() }
         }
         ticker = configuration.batchSize > 1 ? try ServiceThread(name: "\(name.prefix(8))-tick") : nil
         var started: [ServiceThread] = []
         do throws(LNetError) {
             for partition in partitions {
-                for thread in partition.threads {
-                    try thread.start { [self] thread in serviceLoop(partition, thread) }
+                for (thread, cursor) in zip(partition.threads, partition.cursors) {
+                    try thread.start { [self] thread in serviceLoop(partition, thread, cursor) }
                     started.append(thread)
                 }
             }
@@ -169,7 +178,9 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
     }
 
     /// Hands over all partial queuelets, lets the service threads finish every item, and stops them.
-    /// Items submitted afterwards are discarded (and counted). Must not be called from a handler.
+    /// Items submitted afterwards are discarded (and counted; see `discard`). Called from a handler, it stops the
+    /// other threads, then finishes on the calling thread what is left: the rest of its queuelet and whatever
+    /// any partition still holds, so everything handed over is handled before it returns.
     public func shutdown() {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         flush()
@@ -185,6 +196,46 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
         ticker?.stop()
         flush()
         for thread in all where thread !== ticker { thread.stop() }
+        // From a handler: this thread was only told to stop; finish here what no thread will.
+        for partition in partitions {
+            for (thread, cursor) in zip(partition.threads, partition.cursors) where thread.isCurrent {
+                drainHere(partition, cursor)
+            }
+        }
+    }
+
+    /// The rest of `cursor`'s queuelet, then every queuelet and run any partition still holds, on this thread.
+    private func drainHere(_ own: Partition, _ cursor: Cursor) {
+        handleRest(of: cursor, own)
+        var found = true
+        while found {
+            found = false
+            for partition in [own] + partitions.filter({ $0 !== own }) {
+                while let batch = partition.staging.withLock({ $0.popFirst() }) {
+                    found = true
+                    cursor.batch = batch
+                    cursor.next = 0
+                    handleRest(of: cursor, partition)
+                }
+                while let run = partition.local.withLock({ $0.ready.popFirst() }) {
+                    found = true
+                    process(run, partition)
+                }
+            }
+        }
+    }
+
+    /// Handles the items of the cursor's queuelet not handled yet, one at a time (a handler that shuts the
+    /// scheduler down finishes them itself).
+    private func handleRest(of cursor: Cursor, _ partition: Partition) {
+        while cursor.next < cursor.batch.count {
+            let item = cursor.batch[cursor.next]
+            cursor.next += 1
+            handler(item, partition.index)
+            partition.handled.add(1, ordering: .relaxed)
+        }
+        cursor.batch = []
+        cursor.next = 0
     }
 
     private func liveProducers() -> [QueueletProducer<Item>] {
@@ -238,7 +289,7 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
 
     // MARK: - Service side
 
-    private func serviceLoop(_ partition: Partition, _ thread: ServiceThread) {
+    private func serviceLoop(_ partition: Partition, _ thread: ServiceThread, _ cursor: Cursor) {
         while true {
             if let run = partition.local.withLock({ $0.ready.popFirst() }) {
                 process(run, partition)
@@ -249,8 +300,9 @@ public final class QueueletScheduler<Item: Sendable>: Sendable {
             if configuration.orderedPerPeer && configuration.threadsPerPartition > 1 {
                 if claimNextQueuelet(partition) { continue }
             } else if let batch = partition.staging.withLock({ $0.popFirst() }) {
-                for item in batch { handler(item, partition.index) }
-                partition.handled.add(batch.count, ordering: .relaxed)
+                cursor.batch = batch
+                cursor.next = 0
+                handleRest(of: cursor, partition)
                 continue
             }
             if stopping.load(ordering: .acquiring) {

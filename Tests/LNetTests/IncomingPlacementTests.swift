@@ -174,12 +174,17 @@ final class FinalizingLND: LNetLND {
         _ = eq
     }
 
+    /// Shutdown from a handler on a partition's thread returns, and by then every message handed in was matched
+    /// or dropped: the rest of that thread's queuelet, the other partitions' and those held for order included.
     @Test func aHandlerOnAPartitionThreadMayShutLNetDown() async throws {
-        let (lnet, ni) = try node(.hints)
+        let lnd = FinalizingLND()
+        let (lnet, ni) = try node(.hints, lnd: lnd)
         let done = Gate()
+        let accounted = Atomic<Int>(-1)
         let eq = EventQueue(delivery: .inline { event in
-            guard event.kind == .put else { return }
+            guard event.kind == .put, accounted.load(ordering: .relaxed) < 0 else { return }
             lnet.shutdown()
+            accounted.store(lnd.received.count + lnd.dropped.count, ordering: .relaxed)
             done.open()
         })
         _ = try lnet.attach(MatchEntry(portal: 9, matchBits: 3),
@@ -195,6 +200,7 @@ final class FinalizingLND: LNetLND {
         producer.flush()
         #expect(done.wait(seconds: 10), "shutdown from a partition thread's handler did not return")
         #expect(lnet.interfaces.isEmpty)
+        #expect(accounted.load(ordering: .relaxed) == 50, "\(lnd.received.count) received, \(lnd.dropped.count) dropped")
     }
 
     /// Waits until `collector` holds `count` items (a handler on another thread adds them).
@@ -229,8 +235,10 @@ final class FinalizingLND: LNetLND {
         try await self.await(lnd.answers, count: 2)
         let answers = lnd.answers.items
         #expect(answers.map(\.type) == [.ack, .reply])
-        #expect(answers.map { $0.hints.cookie?.partition } == [ni.partitions.partition(forHints: put), ni.partitions.partition(forHints: get)])
-        #expect(try LNetHeader(decoding: answers[0].encoded()).hints.cookie == answers[0].hints.cookie)
+        #expect(answers.map { $0.givenCookie?.partition } == [ni.partitions.partition(forHints: put), ni.partitions.partition(forHints: get)])
+        // They keep the request's hints; the cookie travels in flag bit 1 and the header data's place.
+        #expect(answers.map(\.hints) == [put, get])
+        #expect(try answers.map { try LNetHeader(decoding: $0.encoded()) } == answers)
         // Echoed cookies place messages on the partition they name, whatever the hints would say; one naming no
         // partition of ours is ignored (no hints: by the peer's NID).
         let named = (ni.partitions.partition(forHints: put) + 1) % 4

@@ -46,6 +46,14 @@ import Testing
         bytes[90] = 0
         bytes[7] = 0x04
         #expect(throws: LNetHeader.CodingError.unknownFlags(4)) { try LNetHeader(decoding: bytes) }
+        // An ACK gives a cookie in the header data's place and keeps its hints.
+        var ack = LNetHeader(type: .ack, source: header.destination, destination: header.source, length: 17, mdCookie: 42,
+                             hints: LNetHints(major: 1001, minor: 3))
+        ack.givenCookie = LNetPlacementCookie(partition: 5)
+        let encoded = ack.encoded()
+        #expect(encoded[7] == 2 && encoded[64] == 5 && encoded[80] == 0xE9 && encoded[88] == 3)
+        let back = try LNetHeader(decoding: encoded)
+        #expect(back == ack && back.givenCookie?.partition == 5 && back.headerData == 0 && back.hints == ack.hints)
     }
 
     @Test func rejectsBadInput() throws {
@@ -99,7 +107,7 @@ import Testing
                 guard version == 1 else { return .unsupportedVersion(version) }
                 guard (1...4).contains(bytes[6]) else { return .unknownType(bytes[6]) }
                 guard bytes[7] & ~3 == 0 else { return .unknownFlags(bytes[7]) }
-                guard bytes[7] & 2 == 0 || u64(88) == 0 else { return .cookieWithMinor(u64(88)) }
+                guard bytes[7] & 2 == 0 || bytes[6] >= 3 || u64(88) == 0 else { return .cookieWithMinor(u64(88)) }
                 return nil
             }()
             do throws(LNetHeader.CodingError) {

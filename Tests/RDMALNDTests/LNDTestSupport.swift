@@ -35,27 +35,30 @@ final class LNDNode: Sendable {
     let arrivals = ArrivalLog()
 
     init(address: String, tunables: LNDTunables, pid: UInt32 = 4242, placement: PlacementPolicy = .peerHash,
-         recordArrivals: Bool = false, logLevel: Logger.Level = .warning) throws {
+         placementCookies: Bool = false, recordArrivals: Bool = false, logLevel: Logger.Level = .warning) throws {
         var logger = Logger(label: "test.o2ib.\(address)")
         logger.logLevel = ProcessInfo.processInfo.environment["LND_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? logLevel
         let arrivals = self.arrivals
         lnd = recordArrivals ? RDMALND(tunables: tunables, logger: logger, observeArrival: { _, header in arrivals.headers.withLock { $0.append(header) } })
             : RDMALND(tunables: tunables, logger: logger)
-        lnet = LNet(configuration: LNet.Configuration(pid: pid, placement: placement), logger: logger)
+        lnet = LNet(configuration: LNet.Configuration(pid: pid, placement: placement, placementCookies: placementCookies),
+                    logger: logger)
         ni = try lnet.addInterface(NetworkInterfaceConfiguration(parsing: "o2ib(rxe0:\(address))"), lnd: lnd)
         id = ProcessID(nid: ni.nid, pid: pid)
     }
 
     /// Two nodes, server on 192.0.2.1 and client on 192.0.2.2, on a fresh service port.
-    static func pair(placement: PlacementPolicy = .peerHash, recordArrivals: Bool = false, _ configure: (inout LNDTunables) -> Void = { _ in }) throws
+    static func pair(placement: PlacementPolicy = .peerHash, placementCookies: Bool = false, recordArrivals: Bool = false,
+                     _ configure: (inout LNDTunables) -> Void = { _ in }) throws
         -> (server: LNDNode, client: LNDNode) {
         var tunables = LNDTunables()
         tunables.servicePort = LNDTestDevice.port()
         tunables.schedulers = 2
         tunables.timeout = 10
         configure(&tunables)
-        return (try LNDNode(address: LNDTestDevice.serverAddress, tunables: tunables, placement: placement, recordArrivals: recordArrivals),
-                try LNDNode(address: LNDTestDevice.clientAddress, tunables: tunables))
+        return (try LNDNode(address: LNDTestDevice.serverAddress, tunables: tunables, placement: placement,
+                            placementCookies: placementCookies, recordArrivals: recordArrivals),
+                try LNDNode(address: LNDTestDevice.clientAddress, tunables: tunables, placement: placement))
     }
 
     func shutdown() { lnet.shutdown() }

@@ -1,4 +1,5 @@
 import LNet
+import Synchronization
 import Testing
 @testable import RDMALND
 
@@ -105,5 +106,56 @@ import Testing
                 #expect(statistics.crossPartition > 0)
             }
         }
+    }
+
+    /// Cookies and answers over rxe, with early placement on both nodes. The client binds its MDs as a thread of
+    /// a partition other than its connection's scheduler's: the ACK of its PUT and the REPLYs of an eager and a bulk
+    /// GET must be handled there, not on the scheduler thread that received them. The server (cookies on) names
+    /// in the ACK the partition that matched the PUT; a PUT echoing a cookie is matched on the partition it names.
+    @Test func answersGoToTheSendingPartitionAndEchoedCookiesToTheirs() async throws {
+        let (server, client) = try LNDNode.pair(placement: .hints, placementCookies: true)
+        defer { client.shutdown(); server.shutdown() }
+        let partitions = client.ni.partitions
+        try #require(partitions.count > 1, "placement needs two CPUs or more")
+        let serverSide = Mutex<[(LNetEventKind, Int)]>([])
+        let serverEQ = EventQueue(delivery: .inline { event in
+            serverSide.withLock { $0.append((event.kind, CPUPartitionTable.servedByCurrentThread ?? -1)) }
+        })
+        _ = try server.lnet.attach(MatchEntry(portal: 32, matchBits: 9),
+                                   descriptor: MemoryDescriptor(buffer: try LNetBuffer(count: 64 << 10), threshold: .infinite,
+                                                                options: [.put, .get, .manageRemote], eventQueue: serverEQ))
+        let clientSide = Mutex<[(LNetEventKind, Int, LNetPlacementCookie?)]>([])
+        let clientEQ = EventQueue(delivery: .inline { event in
+            clientSide.withLock { $0.append((event.kind, CPUPartitionTable.servedByCurrentThread ?? -1, event.placementCookie)) }
+        })
+        let home = (partitions.partition(forPeer: server.id.nid) + 1) % partitions.count
+        CPUPartitionTable.setServedByCurrentThread(home)
+        let putMD = try client.lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(count: 256), threshold: .count(2), eventQueue: clientEQ))
+        let eagerGet = try client.lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(count: 256), threshold: .count(2), eventQueue: clientEQ))
+        let bulkGet = try client.lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(count: 32 << 10), threshold: .count(2), eventQueue: clientEQ))
+        CPUPartitionTable.setServedByCurrentThread(nil)
+        let hints = LNetHints(major: 5, minor: 0)
+        try client.lnet.put(putMD, to: server.id, portal: 32, matchBits: 9, hints: hints)
+        try client.lnet.get(eagerGet, from: server.id, portal: 32, matchBits: 9, hints: hints)
+        try client.lnet.get(bulkGet, from: server.id, portal: 32, matchBits: 9, hints: hints)
+        let deadline = ContinuousClock.now + .seconds(20)
+        while clientSide.withLock({ $0.filter { $0.0 == .ack || $0.0 == .reply }.count }) < 3, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let answers = clientSide.withLock { $0.filter { $0.0 == .ack || $0.0 == .reply } }
+        #expect(answers.map(\.0).sorted { $0.description < $1.description } == [.ack, .reply, .reply])
+        #expect(answers.allSatisfy { $0.1 == home }, "answers handled on \(answers.map { "\($0.0) on \($0.1)" }), sent from \(home)")
+        // The ACK names the partition the server matched the PUT on (its hints' partition).
+        let cookie = try #require(answers.first { $0.0 == .ack }?.2)
+        #expect(cookie.partition == server.ni.partitions.partition(forHints: hints))
+        // Echoed, a cookie naming another partition places the PUT there.
+        let named = (cookie.partition + 1) % server.ni.partitions.count
+        let echo = try client.lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(count: 256), threshold: .count(2), eventQueue: clientEQ))
+        try client.lnet.put(echo, to: server.id, portal: 32, matchBits: 9, hints: LNetHints(cookie: LNetPlacementCookie(partition: named)))
+        while serverSide.withLock({ $0.filter { $0.0 == .put }.count }) < 2, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let puts = serverSide.withLock { $0.filter { $0.0 == .put }.map(\.1) }
+        #expect(puts == [cookie.partition, named])
     }
 }
