@@ -57,17 +57,11 @@ func json(_ object: [String: Any]) -> String {
 }
 
 func node(address: String, placement: PlacementPolicy, tunables: LNDTunables) throws -> (LNet, LNetNI) {
-    guard let parsed = parseIPv4Address(address) else { fail("bad address \(address)") }
+    guard let parsed = parseIPv4(address) else { fail("bad address \(address)") }
     let lnet = LNet(configuration: LNet.Configuration(placement: placement))
     let ni = try lnet.addInterface(NetworkInterfaceConfiguration(network: .o2ib, address: parsed),
                                    lnd: RDMALND(tunables: tunables))
     return (lnet, ni)
-}
-
-func parseIPv4Address(_ text: String) -> UInt32? {
-    let parts = text.split(separator: ".").compactMap { UInt32($0) }
-    guard parts.count == 4, parts.allSatisfy({ $0 < 256 }) else { return nil }
-    return parts.reduce(0) { $0 << 8 | $1 }
 }
 
 func header(_ buffer: LNetBuffer, at offset: Int) -> (op: UInt32, object: UInt32, offset: UInt64, sequence: UInt64) {
@@ -312,7 +306,7 @@ final class ClientNode: Sendable {
 }
 
 func runClients() throws {
-    guard let serverAddress = option("--server").flatMap(parseIPv4Address) else { fail("clients need --server") }
+    guard let serverAddress = option("--server").flatMap({ parseIPv4($0) }) else { fail("clients need --server") }
     guard let addresses = option("--addresses")?.split(separator: ",").map(String.init), !addresses.isEmpty else {
         fail("clients need --addresses")
     }

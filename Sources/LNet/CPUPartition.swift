@@ -94,8 +94,7 @@ public struct CPUPartitionTable: Hashable, Sendable, CustomStringConvertible {
     /// The partition the calling thread works for: the one a service thread serves (an LND scheduler or a
     /// placement thread), else the one of the CPU it runs on now.
     public func partitionOfCurrentThread() -> Int {
-        let own = Int(CSystemShims_thread_partition())
-        if own >= 0 { return own % count }
+        if let own = Self.servedByCurrentThread { return own % count }
         return partition(ofCPU: Int(CSystemShims_current_cpu()))
     }
 

@@ -51,6 +51,11 @@ struct PlacedMessage: Sendable {
     let wantsRDMA: Bool
     let order: LNetIncomingOrder
     let partition: Int
+
+    /// Hands the message to the core's parse, on its partition.
+    func parse() {
+        _ = ni.lnet.parse(ni: ni, header: header, from: from, context: context, wantsRDMA: wantsRDMA, partition: partition)
+    }
 }
 
 /// Counters of an interface's early placement (``LNetNI/placementStatistics``).
@@ -196,16 +201,15 @@ final class IncomingPlacement: Sendable {
             state.waiting.append(message)
             return .held
         }
+        if decision != .inline, target != here { crossPartition.add(1, ordering: .relaxed) }
         switch decision {
         case .inline:
             inlineCounts[target].value.add(1, ordering: .relaxed)
             Self.match(message)
         case .queue:
-            if target != here { crossPartition.add(1, ordering: .relaxed) }
             order.producer.producer.submit(.message(message))
         case .held:
             held.add(1, ordering: .relaxed)
-            if target != here { crossPartition.add(1, ordering: .relaxed) }
         }
     }
 
@@ -216,8 +220,7 @@ final class IncomingPlacement: Sendable {
         var released: Deque<PlacedMessage> = []
         while let current = next ?? released.popFirst() {
             next = nil
-            _ = current.ni.lnet.parse(ni: current.ni, header: current.header, from: current.from, context: current.context,
-                                      wantsRDMA: current.wantsRDMA, partition: current.partition)
+            current.parse()
             if let run = current.ni.incoming?.matched(current.order) { released.append(contentsOf: run) }
         }
     }
@@ -298,10 +301,7 @@ final class IncomingPlacement: Sendable {
                 defer { state.waiting.removeAll() }
                 return state.waiting
             }
-            for message in waiting {
-                _ = message.ni.lnet.parse(ni: message.ni, header: message.header, from: message.from, context: message.context,
-                                          wantsRDMA: message.wantsRDMA, partition: message.partition)
-            }
+            for message in waiting { message.parse() }
         }
     }
 }

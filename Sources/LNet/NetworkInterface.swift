@@ -138,6 +138,10 @@ public final class LNetNI: Sendable, CustomStringConvertible {
         incoming?.makeProducer(partition: partition)
     }
 
+    /// Whether incoming messages are placed on partitions (``PlacementPolicy/hints`` or
+    /// ``PlacementPolicy/roundRobin``), so ``run(onPartitionOf:_:)`` may hand work to another thread.
+    public var placesIncoming: Bool { incoming != nil }
+
     /// Runs `work`, which completes an operation this node started (e.g. a GET whose REPLY the LND received by
     /// RDMA: its finalizations), on the CPU partition that started it (named by the operation's MD cookie), so
     /// the REPLY is handled where its GET was sent. Runs it here under ``PlacementPolicy/peerHash``, when the

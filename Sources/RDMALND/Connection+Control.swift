@@ -125,18 +125,22 @@ extension Connection {
     }
 
     /// A GET we sent is over: report its REPLY (data landed, or the target's error) and finalize both.
-    /// Under early placement this runs on the partition that sent the GET (its MD cookie names it).
+    /// Under early placement this runs on the partition that sent the GET (its MD cookie names it); otherwise here,
+    /// without making a closure per GET.
     static func completeGet(_ get: LNetMessage, status: LNetStatus, length: Int) {
+        guard get.ni.placesIncoming else { return finishGet(get, status: status, length: length) }
+        get.ni.run(onPartitionOf: get.header.mdCookie) { finishGet(get, status: status, length: length) }
+    }
+
+    private static func finishGet(_ get: LNetMessage, status: LNetStatus, length: Int) {
         let ni = get.ni
-        ni.run(onPartitionOf: get.header.mdCookie) {
-            // The GET itself went out (its SEND event comes first); a transport failure fails it too.
-            let transportFailed = status != .ok && status != .noMatch && status != .tooLarge
-            let reply = ni.createReply(for: get)
-            ni.finalize(get, status: transportFailed ? status : .ok)
-            if let reply {
-                ni.setReplyLength(reply, length)
-                ni.finalize(reply, status: status)
-            }
+        // The GET itself went out (its SEND event comes first); a transport failure fails it too.
+        let transportFailed = status != .ok && status != .noMatch && status != .tooLarge
+        let reply = ni.createReply(for: get)
+        ni.finalize(get, status: transportFailed ? status : .ok)
+        if let reply {
+            ni.setReplyLength(reply, length)
+            ni.finalize(reply, status: status)
         }
     }
 }

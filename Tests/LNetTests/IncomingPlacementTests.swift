@@ -1,6 +1,8 @@
 import Synchronization
 import Testing
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @testable import LNet
 
@@ -142,16 +144,8 @@ final class FinalizingLND: LNetLND {
         #expect(statistics.matchedPerPartition[expected] == 20 && statistics.crossPartition == 20)
     }
 
-    /// The partition of the placement thread running the caller ("lnet-cpt<partition>.0"), or -1.
-    static func partitionOfCurrentThread() -> Int {
-        guard let file = fopen("/proc/thread-self/comm", "r") else { return -1 }
-        defer { fclose(file) }
-        var buffer = [UInt8](repeating: 0, count: 64)
-        let count = fread(&buffer, 1, buffer.count, file)
-        let name = String(decoding: buffer.prefix(count), as: UTF8.self)
-        guard name.hasPrefix("lnet-cpt"), let digits = name.dropFirst(8).split(separator: ".").first else { return -1 }
-        return Int(digits) ?? -1
-    }
+    /// The partition of the placement thread running the caller, or -1 (not a partition's thread).
+    static func partitionOfCurrentThread() -> Int { CPUPartitionTable.servedByCurrentThread ?? -1 }
 
     @Test func shutdownFinalizesEveryMessageWaitingForItsPartitionOnce() async throws {
         let lnd = FinalizingLND(holdFirstReceive: true)
