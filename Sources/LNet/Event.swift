@@ -30,6 +30,10 @@ public struct LNetEvent: Sendable, CustomStringConvertible {
     public var kind: LNetEventKind
     /// Whether the operation succeeded; for ACK and REPLY, the status the target reported.
     public var status: LNetStatus
+    /// On an ACK or REPLY event: the placement cookie the target gave (``LNet/Configuration/placementCookies``);
+    /// echo it with ``LNetHints/init(cookie:)`` to be placed where the target matched this operation. (Declared
+    /// here, it sits in padding: the event is no larger for it.)
+    public var placementCookie: LNetPlacementCookie?
     /// The process that started the operation (the Put/Get caller).
     public var initiator: ProcessID
     /// The process the operation was aimed at.
@@ -46,9 +50,6 @@ public struct LNetEvent: Sendable, CustomStringConvertible {
     public var headerData: UInt64
     /// The placement hints the initiator sent.
     public var hints: LNetHints
-    /// On an ACK or REPLY event: the placement cookie the target gave (``LNet/Configuration/placementCookies``);
-    /// echo it with ``LNetHints/init(cookie:)`` to be placed where the target matched this operation.
-    public var placementCookie: LNetPlacementCookie?
     /// The MD the event is about.
     public var md: MDHandle
     /// The MD's ``MemoryDescriptor/userInfo``.

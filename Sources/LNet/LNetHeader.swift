@@ -23,22 +23,23 @@ public enum LNetMessageType: UInt8, Sendable, Hashable, CustomStringConvertible 
 /// server places the message on the partition the cookie names.
 public struct LNetHints: Hashable, Sendable, CustomStringConvertible {
     public var major: UInt64
+    /// The minor hint; `UInt64.max` is reserved: it marks `major` as a server's placement cookie.
     public var minor: UInt64
-    /// Whether `major` is a server's placement cookie (header flag bit 1) rather than a hint.
-    public private(set) var isCookie: Bool
 
     public init(major: UInt64, minor: UInt64 = 0) {
         self.major = major
         self.minor = minor
-        self.isCookie = false
     }
 
-    /// A server's placement cookie, echoed.
+    /// A server's placement cookie, echoed (header flag bit 1). Kept in the same 16 bytes as hints (`major` the
+    /// cookie, `minor` the reserved `UInt64.max`), so a header is no larger for it.
     public init(cookie: LNetPlacementCookie) {
         self.major = cookie.rawValue
-        self.minor = 0
-        self.isCookie = true
+        self.minor = .max
     }
+
+    /// Whether `major` is a server's placement cookie rather than a hint.
+    public var isCookie: Bool { minor == .max }
 
     /// The server's placement cookie these hints carry, if they are one.
     public var cookie: LNetPlacementCookie? { isCookie ? LNetPlacementCookie(rawValue: major) : nil }
@@ -46,7 +47,7 @@ public struct LNetHints: Hashable, Sendable, CustomStringConvertible {
     /// No hint: placement falls back to the peer NID hash.
     public static let none = LNetHints(major: 0, minor: 0)
 
-    public var isNone: Bool { major == 0 && minor == 0 && !isCookie }
+    public var isNone: Bool { major == 0 && minor == 0 }
 
     public var description: String {
         if let cookie { return "\(cookie)" }
@@ -59,17 +60,25 @@ public struct LNetHints: Hashable, Sendable, CustomStringConvertible {
 /// names the CPU partition the server matched the request on. A peer that echoes it (``LNetHints/init(cookie:)``)
 /// has its later messages placed on that partition, whatever the server's policy would compute, so the server
 /// decides where an object's work goes rather than a hash of the client's hints. A cookie naming no partition of
-/// the server is ignored (the message is placed by the policy).
+/// the server is ignored (the message is placed by the policy). On the wire it is a 64-bit field whose value must
+/// fit 16 bits; in memory it takes 2 bytes (so the headers and events that carry one stay as small as before).
 public struct LNetPlacementCookie: Hashable, Sendable, CustomStringConvertible {
-    public let rawValue: UInt64
+    private let value: UInt16
 
-    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    /// The cookie of a wire value, `nil` when it does not fit 16 bits.
+    public init?(rawValue: UInt64) {
+        guard let value = UInt16(exactly: rawValue) else { return nil }
+        self.value = value
+    }
 
     /// The cookie that names `partition`.
-    public init(partition: Int) { self.rawValue = UInt64(max(0, partition)) }
+    public init(partition: Int) { self.value = UInt16(clamping: partition) }
+
+    /// Its wire value.
+    public var rawValue: UInt64 { UInt64(value) }
 
     /// The partition the cookie names.
-    public var partition: Int { Int(truncatingIfNeeded: rawValue & 0xFFFF) }
+    public var partition: Int { Int(value) }
 
     public var description: String { "cookie(cpt\(partition))" }
 }
@@ -98,7 +107,7 @@ public struct LNetPlacementCookie: Hashable, Sendable, CustomStringConvertible {
 /// |     64 |    8 | header data: a 64-bit user value (PUT); with flag bit 1 on an ACK or REPLY, the placement cookie the target gives |
 /// |     72 |    8 | MD cookie: PUT/GET = the initiator's MD (where the ACK/REPLY goes); ACK/REPLY = that MD. With early placement the top byte is the initiator's partition that sent it, plus one (its ACK or REPLY is handled there) |
 /// |     80 |    8 | placement hint, major; with flag bit 1 on a PUT or GET: the server's placement cookie it echoes (``LNetPlacementCookie``: the low 16 bits name the partition) |
-/// |     88 |    8 | placement hint, minor (zero with flag bit 1 on a PUT or GET)                |
+/// |     88 |    8 | placement hint, minor (zero with flag bit 1 on a PUT or GET; never all ones, which is reserved) |
 ///
 /// Cookies, both ways (issue 14): a server with ``LNet/Configuration/placementCookies`` puts in each ACK and REPLY
 /// it sends, with flag bit 1, a cookie naming the partition it matched the request on (the ACK or REPLY keeps the
@@ -108,7 +117,8 @@ public struct LNetPlacementCookie: Hashable, Sendable, CustomStringConvertible {
 /// names its sending partition in the MD cookie, which every ACK and REPLY echoes: they are matched, and their
 /// events delivered, on that partition.
 ///
-/// Decoding checks the magic, the version, the type, the flags (and a cookie's zero minor) and the size, and throws
+/// Decoding checks the magic, the version, the type, the flags (a cookie's zero minor and 16-bit value; no hint minor
+/// of `UInt64.max`, which is reserved) and the size, and throws
 /// ``CodingError`` rather than trapping.
 public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
     public static let magic: UInt32 = 0x4C4E_4554
@@ -125,6 +135,10 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
         case unknownFlags(UInt8)
         /// Flag bit 1 on a PUT or GET (an echoed placement cookie) with a non-zero hint minor.
         case cookieWithMinor(UInt64)
+        /// A placement cookie (flag bit 1) whose value does not fit 16 bits.
+        case cookieOutOfRange(UInt64)
+        /// A hint minor of `UInt64.max`, which is reserved (it marks a cookie in memory).
+        case reservedHintMinor
         case bufferTooSmall(Int)
 
         public var description: String {
@@ -135,6 +149,8 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
             case .unknownType(let type): return "unknown LNet message type \(type)"
             case .unknownFlags(let flags): return "unknown LNet header flags 0x\(String(flags, radix: 16))"
             case .cookieWithMinor(let minor): return "LNet header with a placement cookie has hint minor \(minor), not 0"
+            case .cookieOutOfRange(let value): return "LNet header carries placement cookie \(value), which does not fit 16 bits"
+            case .reservedHintMinor: return "LNet header carries the reserved hint minor 0xFFFFFFFFFFFFFFFF"
             case .bufferTooSmall(let count): return "cannot encode an LNet header into \(count) bytes"
             }
         }
@@ -142,6 +158,9 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
 
     public var type: LNetMessageType
     public var ackRequested: Bool
+    /// On an ACK or REPLY: the placement cookie the target gives (flag bit 1, in the header data's place).
+    /// (Declared here, it sits in the padding before `destination`: the header is no larger for it.)
+    public var givenCookie: LNetPlacementCookie?
     public var destination: ProcessID
     public var source: ProcessID
     public var payloadLength: UInt32
@@ -153,8 +172,6 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
     public var headerData: UInt64
     public var mdCookie: UInt64
     public var hints: LNetHints
-    /// On an ACK or REPLY: the placement cookie the target gives (flag bit 1, in the header data's place).
-    public var givenCookie: LNetPlacementCookie?
 
     public init(type: LNetMessageType, source: ProcessID, destination: ProcessID, payloadLength: UInt32 = 0,
                 length: UInt32 = 0, portal: UInt32 = 0, matchBits: UInt64 = 0, offset: UInt64 = 0,
@@ -202,7 +219,7 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
         put(answer ? givenCookie?.rawValue ?? headerData : headerData, 64)  // an answer's header data is unused
         put(mdCookie, 72)
         put(hints.major, 80)
-        put(!answer && hints.isCookie ? 0 : hints.minor, 88)
+        put(hints.isCookie ? 0 : hints.minor, 88)
     }
 
     /// The encoded bytes.
@@ -228,10 +245,13 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
         guard let type = LNetMessageType(rawValue: rawType) else { throw CodingError.unknownType(rawType) }
         let flags = get(7, as: UInt8.self)
         guard flags & ~3 == 0 else { throw CodingError.unknownFlags(flags) }
-        let minor = get(88, as: UInt64.self)
+        let major = get(80, as: UInt64.self), minor = get(88, as: UInt64.self)
         let answer = type == .ack || type == .reply
-        guard flags & 2 == 0 || answer || minor == 0 else { throw CodingError.cookieWithMinor(minor) }
-        let given = flags & 2 != 0 && answer
+        guard minor != .max else { throw CodingError.reservedHintMinor }
+        let given = flags & 2 != 0 && answer, echoed = flags & 2 != 0 && !answer
+        guard !echoed || minor == 0 else { throw CodingError.cookieWithMinor(minor) }
+        let cookieValue = given ? get(64, as: UInt64.self) : major
+        guard !given && !echoed || cookieValue <= UInt64(UInt16.max) else { throw CodingError.cookieOutOfRange(cookieValue) }
         self.init(
             type: type,
             source: ProcessID(nid: NID(rawValue: get(16, as: UInt64.self)), pid: get(28, as: UInt32.self)),
@@ -245,9 +265,8 @@ public struct LNetHeader: Hashable, Sendable, CustomStringConvertible {
             mdCookie: get(72, as: UInt64.self),
             status: LNetStatus(wire: get(44, as: UInt32.self)),
             ackRequested: flags & 1 != 0,
-            hints: flags & 2 != 0 && !answer ? LNetHints(cookie: LNetPlacementCookie(rawValue: get(80, as: UInt64.self)))
-                : LNetHints(major: get(80, as: UInt64.self), minor: minor))
-        if given { givenCookie = LNetPlacementCookie(rawValue: get(64, as: UInt64.self)) }
+            hints: LNetHints(major: major, minor: echoed ? .max : minor))
+        if given { givenCookie = LNetPlacementCookie(rawValue: cookieValue) }
     }
 
     /// Decodes a header from a byte array or slice.

@@ -22,7 +22,7 @@ final class FinalizingLND: LNetLND {
 
     init(holdFirstReceive: Bool = false) { self.holdFirstReceive = holdFirstReceive }
 
-    static func index(_ header: LNetHeader) -> UInt64 { header.hints.major + 7 * header.hints.minor }
+    static func index(_ header: LNetHeader) -> UInt64 { header.hints.major &+ 7 &* header.hints.minor }
 
     func startup(ni: LNetNI) throws(LNetError) {}
     func shutdown(ni: LNetNI) {}

@@ -44,6 +44,15 @@ import Testing
         bytes[90] = 1
         #expect(throws: LNetHeader.CodingError.cookieWithMinor(1 << 16)) { try LNetHeader(decoding: bytes) }
         bytes[90] = 0
+        bytes[82] = 1
+        #expect(throws: LNetHeader.CodingError.cookieOutOfRange(1 << 16 | 3)) { try LNetHeader(decoding: bytes) }
+        bytes[82] = 0
+        // A hint minor of all ones is reserved (it marks a cookie in memory), with or without the flag.
+        var reserved = try sample().encoded()
+        reserved.replaceSubrange(88..<96, with: [UInt8](repeating: 0xFF, count: 8))
+        #expect(throws: LNetHeader.CodingError.reservedHintMinor) { try LNetHeader(decoding: reserved) }
+        // A cookie costs a header no bytes: it shares the hints' 16 and the padding after the flags.
+        #expect(MemoryLayout<LNetHeader>.size == 96 && MemoryLayout<LNetHints>.size == 16)
         bytes[7] = 0x04
         #expect(throws: LNetHeader.CodingError.unknownFlags(4)) { try LNetHeader(decoding: bytes) }
         // An ACK gives a cookie in the header data's place and keeps its hints.
@@ -96,9 +105,12 @@ import Testing
             }
             func u32(_ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(bytes[at + $1]) << (8 * $1) } }
             func u64(_ at: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(bytes[at + $1]) << (8 * $1) } }
-            // Some cookies with a zero minor (random ones almost never have one).
+            // Some cookies that decode (random ones almost never have a zero minor or fit 16 bits): a zero minor,
+            // and a 16-bit value where a PUT or GET echoes one (bytes 80-87) and an ACK or REPLY gives one (64-71).
             if bytes.count >= 96, bytes[7] & 2 != 0, Bool.random(using: &generator) {
                 bytes.replaceSubrange(88..<96, with: [UInt8](repeating: 0, count: 8))
+                bytes.replaceSubrange(82..<88, with: [UInt8](repeating: 0, count: 6))
+                bytes.replaceSubrange(66..<72, with: [UInt8](repeating: 0, count: 6))
             }
             let expected: LNetHeader.CodingError? = {
                 guard bytes.count >= LNetHeader.encodedSize else { return .tooShort(bytes.count) }
@@ -107,7 +119,11 @@ import Testing
                 guard version == 1 else { return .unsupportedVersion(version) }
                 guard (1...4).contains(bytes[6]) else { return .unknownType(bytes[6]) }
                 guard bytes[7] & ~3 == 0 else { return .unknownFlags(bytes[7]) }
-                guard bytes[7] & 2 == 0 || bytes[6] >= 3 || u64(88) == 0 else { return .cookieWithMinor(u64(88)) }
+                guard u64(88) != .max else { return .reservedHintMinor }
+                let answer = bytes[6] >= 3, cookie = bytes[7] & 2 != 0
+                guard !cookie || answer || u64(88) == 0 else { return .cookieWithMinor(u64(88)) }
+                let value = answer ? u64(64) : u64(80)
+                guard !cookie || value <= 0xFFFF else { return .cookieOutOfRange(value) }
                 return nil
             }()
             do throws(LNetHeader.CodingError) {
