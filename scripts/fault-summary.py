@@ -32,8 +32,8 @@ And every case must show that its fault hit (the evidence is printed in the tabl
   flaps failed operations with an error, the client rebuilt its connection and its second session (after the flaps)
   succeeded entirely, with at most MAX_ATTEMPTS_PER_FLAP connection attempts (established + failed, the client's
   whole life) per flap and at most MAX_FAILED_ATTEMPTS_PER_SECOND failed ones in any second of its log; then A's
-  rdma_cm still worked: a new self-test process from A (flaps.new) passed entirely, and perftest's rdma_cm probe
-  (flaps.probe-A.txt / flaps.probe-B.txt, "rc=N" last) connected and finished on both sides (rc=0). Where the
+  rdma_cm still worked: a new self-test process from A (flaps.new) passed entirely, and an rdma_cm probe (rping;
+  flaps.probe-A.txt / flaps.probe-B.txt, "rc=N" last) connected and finished on both sides (rc=0). Where the
   queue pairs were saved (rdma res show qp), A's GSI QP (QP1, which carries rdma_cm's MADs) must not have left
   RTS - though a broken rdma_cm was seen with QP1 still listed in RTS: the new process and the probe decide.
 """
@@ -405,15 +405,15 @@ def judge_flaps(case):
                           f"{sum(r['attempted'] for r in new_rounds)} ok")
     else:
         case.problems.append("a new process from A could not work after the flaps (see above)")
-    # ... and perftest's rdma_cm probe.
+    # ... and an rdma_cm probe (rping).
     statuses = {host: probe_status(directory, f"{name}.probe-{host}.txt") for host in "AB"}
     for host, role in (("A", "client"), ("B", "server")):
         rc = statuses[host]
-        case.check(rc == 0, f"perftest's rdma_cm probe (ib_send_lat -R) {role} on {host} "
+        case.check(rc == 0, f"the rdma_cm probe (rping) {role} on {host} "
                             + ("did not finish" if rc is None else f"exited {rc}")
                             + (": rdma_cm cannot connect A -> B after the flaps" if host == "A" else ""))
     if statuses["A"] == 0 and statuses["B"] == 0:
-        case.notes.append("perftest's rdma_cm probe connected A -> B after the flaps")
+        case.notes.append("the rdma_cm probe (rping) connected A -> B after the flaps")
     states = {when: gsi_state(directory, f"{name}.{when}.qp-A.txt") for when in ("before", "flapped", "after")}
     if any(states.values()):
         case.notes.append("A's GSI QP (QP1): " + ", ".join(f"{when} {state or '?'}" for when, state in states.items()))
@@ -494,7 +494,7 @@ def judge(directory, name):
                 text = f.read()
         except OSError:
             text = ""
-        case.check("rc=0" in text, "perftest (ib_send_lat -R) could not connect A -> B after the faults")
+        case.check("rc=0" in text, "rping could not connect A -> B after the faults")
         case.notes.append("diagnostic: rdma_cm still connects A -> B")
     else:
         case.problems.append("unknown case")

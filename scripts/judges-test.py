@@ -101,8 +101,8 @@ class Run:
         self.counters("flaps.fault-off", "A", {"link_downed": 5, "send_err": 12})
         self.copy("flaps.fault-off.rxe-A.txt", "flaps.after.rxe-A.txt")
         self.process("flaps.new", 0, client([round_(16)], connections=1))
-        self.write("flaps.probe-A.txt", "   Send Latency Test\n ... \n 2       100          17.12 ...\nrc=0\n")
-        self.write("flaps.probe-B.txt", "************************************\n* Waiting for client to connect... *\nrc=0\n")
+        self.write("flaps.probe-A.txt", "ping data: rdma-ping-0: ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqr\nrc=0\n")
+        self.write("flaps.probe-B.txt", "server DISCONNECT EVENT...\nwait for RDMA_READ_ADV state 10\nrc=0\n")
         for when in ("before", "flapped", "after"):
             self.write(f"flaps.{when}.qp-A.txt", "link rxe0/1 lqpn 1 type GSI state RTS sq-psn 0 comm [ib_core]\n"
                        "link rxe0/1 lqpn 17 type RC state RTS rq-psn 5 sq-psn 9 path-mig-state MIGRATED pdn 3 pid 412 comm lnetctl\n")
@@ -333,16 +333,16 @@ class FaultSuiteJudgeTests(unittest.TestCase):
         notes = self.run.judge("flaps").notes
         self.assertIn("client connection attempts 30 (6 established, 24 failed; at most 50 allowed), closed 5", notes)
         self.assertIn("rxe around the flaps: A: link-down 5, send-errors 12", notes)
-        self.assertIn("perftest's rdma_cm probe connected A -> B after the flaps", notes)
+        self.assertIn("the rdma_cm probe (rping) connected A -> B after the flaps", notes)
         self.assertIn("A's GSI QP (QP1): before RTS, flapped RTS, after RTS", notes)
 
     def test_flaps_whose_probe_timed_out_fail(self):
-        self.run.write("flaps.probe-A.txt", "Couldn't connect to 192.0.2.2:18515\nrc=124\n")
-        self.failsWith("flaps", "ib_send_lat -R) client on A exited 124: rdma_cm cannot connect A -> B after the flaps")
+        self.run.write("flaps.probe-A.txt", "cma event RDMA_CM_EVENT_REJECTED, error 8\nconnect error -1\nrc=255\n")
+        self.failsWith("flaps", "(rping) client on A exited 255: rdma_cm cannot connect A -> B after the flaps")
 
     def test_flaps_whose_probe_server_never_finished_fail(self):
-        self.run.write("flaps.probe-B.txt", "* Waiting for client to connect... *\n")
-        self.failsWith("flaps", "probe (ib_send_lat -R) server on B did not finish")
+        self.run.write("flaps.probe-B.txt", "")
+        self.failsWith("flaps", "probe (rping) server on B did not finish")
 
     def test_flaps_without_a_probe_fail(self):
         self.run.remove("flaps.probe-A.txt")
