@@ -8,8 +8,8 @@
 # 192.0.2.2-7 (192.0.2.4-7 are added to the VM's v0 for the run), one cell per server LNET_PLACEMENT (nid, hint,
 # none):
 #   - 8 objects: client i reads and writes 4 KiB pages of objects i, i+1 and i+2 (mod 8), so neighbours share;
-#   - 1 object (the seed's counter-case, 2 vCPUs only): every client on object 0, where NID affinity spreads the
-#     object's state over every CPU.
+#   - 1 object (the seed's counter-case): every client on object 0, where NID affinity spreads the object's state
+#     over every CPU.
 # Each cell runs OA_SECONDS (default 10) with OA_INFLIGHT (default 4) requests in flight per client; requests carry
 # hints (major = object + 1). It prints a table: ops/s, p50/p99 latency, object lock acquisitions that found the
 # lock held, object CPU changes (the object's lock taken on another CPU than last time), operations per partition,
@@ -47,8 +47,9 @@ if [[ ${1:-} == --inside ]]; then
         ((rc == 0)) || { log "$name failed ($rc)"; cat "$out/$name.clients.err" "$out/$name.server.err" >&2; return 1; }
         log "$name: $(cat "$out/$name.clients.json")"
     }
-    for policy in "${POLICIES[@]}"; do cell 8 "$policy"; done
-    if [[ $cpus == 2 ]]; then for policy in "${POLICIES[@]}"; do cell 1 "$policy"; done; fi
+    for objects in 8 1; do
+        for policy in "${POLICIES[@]}"; do cell "$objects" "$policy"; done
+    done
     exit 0
 fi
 
