@@ -91,7 +91,7 @@ let package = Package(
         .executableTarget(name: "LNetInstructionBench", dependencies: ["LNet", "RDMALND"], path: "Benchmarks/LNetInstructionBench"),
         // Object affinity or client affinity (LNET_PLACEMENT): an object server and its clients over o2ib, run in
         // the SoftRoCE VM by scripts/object-affinity.sh.
-        .executableTarget(name: "ObjectAffinityBench", dependencies: ["LNet", "RDMALND", "CSystemShims"],
+        .executableTarget(name: "ObjectAffinityBench", dependencies: ["LNet", "LNetSelftest", "RDMALND", "CSystemShims"],
                           path: "Benchmarks/ObjectAffinityBench"),
         // The fuzz target of the wire and handshake parsers (scripts/fuzz.sh builds it with libFuzzer); its
         // invariants are a library of their own, so that the tests replay the corpus through the same checks.

@@ -46,11 +46,6 @@ func pad(_ text: String, _ width: Int) -> String {
     text.count >= width ? text : String(repeating: " ", count: width - text.count) + text
 }
 
-func seconds(_ duration: Duration) -> Double {
-    let c = duration.components
-    return Double(c.seconds) + Double(c.attoseconds) / 1e18
-}
-
 let totalMessages = argument("--messages", default: 1_000_000)
 let placementOnly = CommandLine.arguments.contains("--placement-only")
 let runs = max(1, argument("--runs", default: 3))
@@ -105,7 +100,7 @@ func runHandoff(batch: Int, partitionCount: Int, threads: Int) throws -> Handoff
         producer.flush()
     }
     done.wait()
-    let elapsed = seconds(ContinuousClock.now - start)
+    let elapsed = (ContinuousClock.now - start).inSeconds
     let stats = scheduler.statistics
     scheduler.shutdown()
     return HandoffResult(name: batch == 1 ? "per-message" : "queuelet \(batch)", shape: "\(partitionCount)x\(threads)",
@@ -247,7 +242,7 @@ func runPlacement(_ policy: PlacementPolicy) throws -> PlacementRun {
         producer.flush()
     }
     done.wait()
-    let elapsed = seconds(ContinuousClock.now - start)
+    let elapsed = (ContinuousClock.now - start).inSeconds
     let stats = scheduler.statistics
     scheduler.shutdown()
     let migrations = extents.reduce(0) { $0 + $1.lock.withLock { $0.migrations } }

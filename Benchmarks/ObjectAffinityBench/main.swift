@@ -23,6 +23,7 @@
 import CSystemShims
 import Foundation
 import LNet
+import LNetSelftest
 import RDMALND
 import Synchronization
 
@@ -164,8 +165,8 @@ func runServer() throws {
             state.checksum = sum
         }
         object.operations.add(1, ordering: .relaxed)
-        let partition = CPUPartitionTable.servedByCurrentThread ?? partitions.partitionOfCurrentThread()
-        perPartition[partition % partitions.count].value.add(1, ordering: .relaxed)
+        let partition = partitions.partitionOfCurrentThread()
+        perPartition[partition].value.add(1, ordering: .relaxed)
         objectPartitions.withLock { _ = $0[Int(request.object)].insert(partition) }
         writeHeader(answers, at: answer, op: request.op, object: request.object, offset: request.offset, sequence: request.sequence)
         let length = op == .read ? headerSize + pageSize : headerSize
@@ -195,7 +196,7 @@ func runServer() throws {
         "partitions_per_object": objectPartitions.withLock { $0.map(\.count) },
         "received_per_partition": lnd?.receivedPerPartition ?? [],
         "errors": errors.load(ordering: .relaxed),
-        "seconds": Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
+        "seconds": elapsed.inSeconds,
     ]
     if let placement {
         result["cross_partition"] = placement.crossPartition
@@ -228,7 +229,7 @@ final class ClientNode: Sendable {
         var random: UInt64
         var started: [ContinuousClock.Instant]
         var sequence: UInt64 = 0
-        var latencies: [Double] = []
+        var latencies = LatencyHistogram()
         var done = 0
         var active: Int
         var errors = 0
@@ -264,8 +265,7 @@ final class ClientNode: Sendable {
     private func completed(slot: Int, ok: Bool) {
         let now = ContinuousClock.now
         let more = state.withLock { state -> Bool in
-            let latency = now - state.started[slot]
-            state.latencies.append(Double(latency.components.seconds) * 1e6 + Double(latency.components.attoseconds) / 1e12)
+            state.latencies.record(UInt64(max(0, (now - state.started[slot]).inNanoseconds)))
             state.done += 1
             if !ok { state.errors += 1 }
             if now >= deadline {
@@ -327,16 +327,16 @@ func runClients() throws {
         usleep(10_000)
     }
     let elapsed = ContinuousClock.now - started
-    var latencies = clients.flatMap { client in client.state.withLock { $0.latencies } }
-    latencies.sort()
-    func percentile(_ p: Double) -> Double { latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
+    var latencies = LatencyHistogram()
+    for client in clients { latencies.merge(client.state.withLock { $0.latencies }) }
+    func microseconds(atPercentile p: Double) -> Double { Double(latencies.percentile(p)) / 1000 }
     let operations = clients.reduce(0) { total, client in total + client.state.withLock { $0.done } }
     let errors = clients.reduce(0) { total, client in total + client.state.withLock { $0.errors } }
     let stuck = clients.reduce(0) { total, client in total + client.state.withLock { $0.active } }
-    let elapsedSeconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    let elapsedSeconds = elapsed.inSeconds
     for client in clients { client.lnet.shutdown() }
     say(json(["role": "clients", "clients": clients.count, "inflight": inflight, "operations": operations,
-              "ops_per_s": Double(operations) / elapsedSeconds, "p50_us": percentile(0.5), "p99_us": percentile(0.99),
+              "ops_per_s": Double(operations) / elapsedSeconds, "p50_us": microseconds(atPercentile: 50), "p99_us": microseconds(atPercentile: 99),
               "errors": errors, "unfinished": stuck, "seconds": elapsedSeconds]))
     if errors > 0 || stuck > 0 { exit(1) }
 }
