@@ -89,7 +89,7 @@ package final class ServiceThread: @unchecked Sendable {
         var current = [Int32](repeating: 0, count: 1024)
         let n = current.withUnsafeMutableBufferPointer { CSystemShims_current_thread_cpus($0.baseAddress, Int32($0.count)) }
         boundCPUs.withLock { $0 = n > 0 ? current.prefix(Int(n)).map(Int.init) : [] }
-        if let partition { CSystemShims_set_thread_partition(Int32(partition)) }
+        if let partition { CPUPartitionTable.setServedByCurrentThread(partition) }
         body(self)
     }
 

@@ -20,13 +20,11 @@ public final class RDMALND: LNetLND {
     let observeArrival: (@Sendable (NID, LNetHeader) -> Void)?
 
     /// An LND with these tunables.
-    public init(tunables: LNDTunables, logger: Logger = Logger(label: "lnet.o2ib")) {
-        self.tunables = tunables
-        self.baseLogger = logger
-        self.observeArrival = nil
+    public convenience init(tunables: LNDTunables, logger: Logger = Logger(label: "lnet.o2ib")) {
+        self.init(tunables: tunables, logger: logger, observeArrival: nil)
     }
 
-    init(tunables: LNDTunables, logger: Logger, observeArrival: @escaping @Sendable (NID, LNetHeader) -> Void) {
+    init(tunables: LNDTunables, logger: Logger, observeArrival: (@Sendable (NID, LNetHeader) -> Void)?) {
         self.tunables = tunables
         self.baseLogger = logger
         self.observeArrival = observeArrival
