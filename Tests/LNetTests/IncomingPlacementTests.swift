@@ -105,12 +105,8 @@ final class FinalizingLND: LNetLND {
         #expect(outOfOrder.count == 0, "\(outOfOrder.count) out of order, first: \(outOfOrder.prefix(5))")
         guard outOfOrder.isEmpty else { return }
         // A queuelet's handled count is added once its last item's handler returned, just after that event.
-        var statistics = try #require(ni.placementStatistics)
-        let deadline = ContinuousClock.now + .seconds(5)
-        while statistics.inline + statistics.queuelets.handled < count, ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(1))
-            statistics = try #require(ni.placementStatistics)
-        }
+        _ = await eventually { ni.placementStatistics.map { $0.inline + $0.queuelets.handled >= count } ?? false }
+        let statistics = try #require(ni.placementStatistics)
         #expect(statistics.policy == policy)
         #expect(statistics.matchedPerPartition.reduce(0, +) == count)
         // Every partition matched some, and most of them not on the receiving thread's partition.
@@ -137,8 +133,7 @@ final class FinalizingLND: LNetLND {
             ni.parse(header: header, from: source.nid, context: nil, wantsRDMA: false, order: producer.makeOrder())
             producer.flush()
         }
-        let deadline = ContinuousClock.now + .seconds(10)
-        while threads.count < 20, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        _ = await eventually(timeout: .seconds(10)) { threads.count >= 20 }
         #expect(threads.items == Array(repeating: expected, count: 20))
         let statistics = try #require(ni.placementStatistics)
         #expect(statistics.matchedPerPartition[expected] == 20 && statistics.crossPartition == 20)
@@ -199,8 +194,7 @@ final class FinalizingLND: LNetLND {
 
     /// Waits until `collector` holds `count` items (a handler on another thread adds them).
     private func await<T>(_ collector: Collector<T>, count: Int) async throws {
-        let deadline = ContinuousClock.now + .seconds(10)
-        while collector.count < count, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
+        _ = await eventually(timeout: .seconds(10)) { collector.count >= count }
     }
 
     @Test func serverCookiesNameThePartitionThatMatchedAndPlaceTheMessagesThatEchoThem() async throws {

@@ -139,9 +139,7 @@ import Testing
         try client.lnet.get(eagerGet, from: server.id, portal: 32, matchBits: 9, hints: hints)
         try client.lnet.get(bulkGet, from: server.id, portal: 32, matchBits: 9, hints: hints)
         let deadline = ContinuousClock.now + .seconds(20)
-        while clientSide.withLock({ $0.filter { $0.0 == .ack || $0.0 == .reply }.count }) < 3, ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(5))
-        }
+        _ = await eventually(timeout: deadline - .now) { clientSide.withLock { $0.filter { $0.0 == .ack || $0.0 == .reply }.count } >= 3 }
         let answers = clientSide.withLock { $0.filter { $0.0 == .ack || $0.0 == .reply } }
         #expect(answers.map(\.0).sorted { $0.description < $1.description } == [.ack, .reply, .reply])
         #expect(answers.allSatisfy { $0.1 == home }, "answers handled on \(answers.map { "\($0.0) on \($0.1)" }), sent from \(home)")
@@ -152,9 +150,7 @@ import Testing
         let named = (cookie.partition + 1) % server.ni.partitions.count
         let echo = try client.lnet.bind(MemoryDescriptor(buffer: try LNetBuffer(count: 256), threshold: .count(2), eventQueue: clientEQ))
         try client.lnet.put(echo, to: server.id, portal: 32, matchBits: 9, hints: LNetHints(cookie: LNetPlacementCookie(partition: named)))
-        while serverSide.withLock({ $0.filter { $0.0 == .put }.count }) < 2, ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(5))
-        }
+        _ = await eventually(timeout: deadline - .now) { serverSide.withLock { $0.filter { $0.0 == .put }.count } >= 2 }
         let puts = serverSide.withLock { $0.filter { $0.0 == .put }.map(\.1) }
         #expect(puts == [cookie.partition, named])
     }
